@@ -1,0 +1,213 @@
+"""Every primitive of distbp: its numpy forward and its vector-Jacobian products, side by side.
+
+A VJP maps the output gradient ``g`` to the gradient of one input, given the forward result
+``ans`` and the forward's own arguments. VJPs never build a Jacobian: an elementwise op's
+Jacobian is diagonal, so its VJP is an elementwise product. They return gradients in the
+broadcast shape and let ``tensor.unbroadcast`` sum them back to each input's shape.
+Everything else (mean, softmax, the losses) is composed from these in ``distbp.functional``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .tensor import Primitive, Tensor, apply
+
+
+def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    return tuple(int(a) % ndim for a in axes) if ndim else ()
+
+
+def _expand(g: np.ndarray, shape: tuple[int, ...], axis: Any, keepdims: bool) -> np.ndarray:
+    """Broadcast a reduction's gradient back over the axes it reduced."""
+    if not keepdims:
+        g = np.expand_dims(g, _axes(axis, len(shape)))
+    return np.broadcast_to(g, shape)
+
+
+# -- arithmetic ---------------------------------------------------------------------------
+add = Primitive("add", np.add, lambda g, ans, a, b: g, lambda g, ans, a, b: g)
+subtract = Primitive("subtract", np.subtract, lambda g, ans, a, b: g, lambda g, ans, a, b: -g)
+multiply = Primitive("multiply", np.multiply, lambda g, ans, a, b: g * b, lambda g, ans, a, b: g * a)
+divide = Primitive("divide", np.true_divide,
+                   lambda g, ans, a, b: g / b, lambda g, ans, a, b: -g * ans / b)
+negative = Primitive("negative", np.negative, lambda g, ans, a: -g)
+power = Primitive("power", lambda a, exponent: np.power(a, exponent),
+                  lambda g, ans, a, exponent: g * (exponent * np.power(a, exponent - 1)))
+
+
+# -- matrix product -----------------------------------------------------------------------
+# numpy's rule for 1-D operands: a left vector gains a leading axis and a right vector a
+# trailing one, both removed from the result. The VJPs redo that promotion, then undo it.
+def _promote(g: np.ndarray, a: np.ndarray, b: np.ndarray):
+    if a.ndim == 1:
+        a, g = a[None, :], np.expand_dims(g, -2)
+    if b.ndim == 1:
+        b, g = b[:, None], np.expand_dims(g, -1)
+    return g, a, b
+
+
+def _matmul_vjp_a(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:
+        return g @ b.T
+    g2, _, b2 = _promote(g, a, b)
+    ga = g2 @ np.swapaxes(b2, -1, -2)
+    return ga[..., 0, :] if a.ndim == 1 else ga
+
+
+def _matmul_vjp_b(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:
+        return a.T @ g
+    g2, a2, _ = _promote(g, a, b)
+    gb = np.swapaxes(a2, -1, -2) @ g2
+    return gb[..., 0] if b.ndim == 1 else gb
+
+
+matmul = Primitive("matmul", np.matmul, _matmul_vjp_a, _matmul_vjp_b)
+
+
+# -- elementwise functions ----------------------------------------------------------------
+def _sigmoid(a):
+    # tanh form: never overflows, unlike 1 / (1 + exp(-a)) at a = -1000.
+    return np.tanh(a * 0.5) * 0.5 + 0.5
+
+
+exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans)
+log = Primitive("log", np.log, lambda g, ans, a: g / a)
+sqrt = Primitive("sqrt", np.sqrt, lambda g, ans, a: g / (2 * ans))
+abs_ = Primitive("abs", np.abs, lambda g, ans, a: g * np.sign(a))
+tanh = Primitive("tanh", np.tanh, lambda g, ans, a: g * (1 - ans * ans))
+sigmoid = Primitive("sigmoid", _sigmoid, lambda g, ans, a: g * (ans * (1 - ans)))
+relu = Primitive("relu", lambda a: np.maximum(a, 0), lambda g, ans, a: g * (ans > 0))
+leaky_relu = Primitive("leaky_relu", lambda a, slope: np.where(a > 0, a, a * slope),
+                       lambda g, ans, a, slope: np.where(a > 0, g, g * slope))
+hardtanh = Primitive("hardtanh", lambda a, lo, hi: np.clip(a, lo, hi),
+                     lambda g, ans, a, lo, hi: g * ((a > lo) & (a < hi)))
+
+
+def _log_softmax(a, axis):
+    shifted = a - a.max(axis=axis, keepdims=True)  # the max shift keeps exp() finite
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+log_softmax = Primitive("log_softmax", _log_softmax,
+                        lambda g, ans, a, axis: g - np.exp(ans) * g.sum(axis=axis, keepdims=True))
+
+
+# -- reductions ---------------------------------------------------------------------------
+def _max_vjp(g, ans, a, axis, keepdims):
+    # Ties share the gradient equally, so the VJP is the same whichever maximum is picked.
+    mask = a == _expand(ans, a.shape, axis, keepdims)
+    count = mask.sum(axis=axis, keepdims=True, dtype=g.dtype)
+    return _expand(g, a.shape, axis, keepdims) * mask / count
+
+
+sum_ = Primitive("sum", lambda a, axis, keepdims: np.sum(a, axis=axis, keepdims=keepdims),
+                 lambda g, ans, a, axis, keepdims: _expand(g, a.shape, axis, keepdims))
+max_ = Primitive("max", lambda a, axis, keepdims: np.max(a, axis=axis, keepdims=keepdims), _max_vjp)
+
+
+# -- shapes and indexing ------------------------------------------------------------------
+def _is_basic_index(index: Any) -> bool:
+    # Basic indexing (ints, slices, None, ...) never repeats an element; arrays may.
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
+
+
+def _getitem_vjp(g, ans, a, index):
+    out = np.zeros(a.shape, dtype=g.dtype)
+    if _is_basic_index(index):
+        out[index] = g
+    else:
+        np.add.at(out, index, g)  # repeated indices accumulate
+    return out
+
+
+reshape = Primitive("reshape", lambda a, shape: np.reshape(a, shape),
+                    lambda g, ans, a, shape: np.reshape(g, a.shape))
+transpose = Primitive("transpose", lambda a, axes: np.transpose(a, axes),
+                      lambda g, ans, a, axes: np.transpose(g, None if axes is None else np.argsort(axes)))
+getitem = Primitive("getitem", lambda a, index: a[index], _getitem_vjp)
+
+
+def _concat_vjp(argnum, g, ans, *arrays, axis):
+    start = sum(arrays[i].shape[axis] for i in range(argnum))
+    index = [slice(None)] * g.ndim
+    index[axis] = slice(start, start + arrays[argnum].shape[axis])
+    return g[tuple(index)]
+
+
+concat = Primitive("concat", lambda *arrays, axis: np.concatenate(arrays, axis=axis),
+                   vjp_argnum=_concat_vjp)
+stack = Primitive("stack", lambda *arrays, axis: np.stack(arrays, axis=axis),
+                  vjp_argnum=lambda argnum, g, ans, *arrays, axis: np.take(g, argnum, axis=axis))
+
+
+# -- Tensor's operators and methods are the primitives above ------------------------------
+def _const(x: Any, like: Tensor) -> Any:
+    """A non-Tensor operand: Python numbers stay weakly typed (numpy 2 never upcasts a float32
+    array for them); numpy scalars become Python numbers; arrays take the tensor's dtype."""
+    if isinstance(x, Tensor) or (isinstance(x, (int, float)) and not isinstance(x, np.generic)):
+        return x
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        return arr.item()
+    return arr.astype(like.dtype, copy=False) if arr.dtype != like.dtype else arr
+
+
+def _pow(a: Tensor, exponent: Any) -> Tensor:
+    if isinstance(exponent, Tensor):
+        raise TypeError("power: the exponent must be a number, not a Tensor (use exp(log(a) * b))")
+    return power(a, exponent=float(exponent))
+
+
+def _shape_arg(args: tuple) -> tuple:
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _index_arg(index: Any) -> Any:
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
+
+
+def _mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    count = 1
+    for ax in _axes(axis, a.ndim):
+        count *= a.shape[ax]
+    return sum_(a, axis=axis, keepdims=keepdims) * (1.0 / count)
+
+
+Tensor.__add__ = lambda a, b: add(a, _const(b, a))
+Tensor.__radd__ = lambda a, b: add(_const(b, a), a)
+Tensor.__sub__ = lambda a, b: subtract(a, _const(b, a))
+Tensor.__rsub__ = lambda a, b: subtract(_const(b, a), a)
+Tensor.__mul__ = lambda a, b: multiply(a, _const(b, a))
+Tensor.__rmul__ = lambda a, b: multiply(_const(b, a), a)
+Tensor.__truediv__ = lambda a, b: divide(a, _const(b, a))
+Tensor.__rtruediv__ = lambda a, b: divide(_const(b, a), a)
+Tensor.__matmul__ = lambda a, b: matmul(a, _const(b, a))
+Tensor.__rmatmul__ = lambda a, b: matmul(_const(b, a), a)
+Tensor.__neg__ = lambda a: negative(a)
+Tensor.__pow__ = _pow
+Tensor.__getitem__ = lambda a, index: getitem(a, index=_index_arg(index))
+Tensor.sum = lambda a, axis=None, keepdims=False: sum_(a, axis=axis, keepdims=keepdims)
+Tensor.mean = _mean
+Tensor.max = lambda a, axis=None, keepdims=False: max_(a, axis=axis, keepdims=keepdims)
+Tensor.reshape = lambda a, *shape: reshape(a, shape=_shape_arg(shape))
+Tensor.transpose = lambda a, *axes: transpose(a, axes=_shape_arg(axes) or None)
+Tensor.T = property(lambda a: transpose(a, axes=None))
+Tensor.exp = lambda a: exp(a)
+Tensor.log = lambda a: log(a)
+Tensor.sqrt = lambda a: sqrt(a)
+Tensor.abs = lambda a: abs_(a)
+Tensor.tanh = lambda a: tanh(a)
+Tensor.sigmoid = lambda a: sigmoid(a)
+Tensor.relu = lambda a: relu(a)

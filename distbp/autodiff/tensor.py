@@ -1,0 +1,257 @@
+"""The Tensor: a numpy array that remembers which primitive made it, and the reverse-mode walk.
+
+A non-leaf Tensor holds one graph record, ``(primitive, parents, args, kwargs)``: the raw
+arguments its primitive was called with and the Tensor arguments that need a gradient.
+``backward`` orders the graph without recursion, calls each primitive's vector-Jacobian
+product with ``(g, ans, *args)``, sums the gradients of values used more than once, and
+drops every record as soon as it has been used so activations are freed during the walk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+DEFAULT_DTYPE = np.float32
+
+# Marks a graph record that backward() has consumed, so a second backward() through the same
+# graph fails loudly instead of silently treating the output as a leaf.
+_FREED = ("freed",)
+
+
+class ShapeError(ValueError):
+    """An op was given operands whose shapes do not fit; the message names the op and shapes."""
+
+
+class _GradMode(threading.local):
+    enabled = True
+
+
+_grad_mode = _GradMode()
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator: ops inside record no graph (evaluation, optimizer steps)."""
+
+    def __enter__(self) -> "no_grad":
+        self._prev = _grad_mode.enabled
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _grad_mode.enabled = self._prev
+
+
+def is_grad_enabled() -> bool:
+    """Whether ops currently record the graph (False inside ``no_grad``)."""
+    return _grad_mode.enabled
+
+
+class Primitive:
+    """An op with a numpy forward and one vector-Jacobian product per differentiable argument.
+
+    ``vjps[i](g, ans, *args, **kwargs)`` returns the gradient for positional argument ``i``,
+    in the shape of the broadcast result; ``backward`` undoes the broadcasting. Ops with any
+    number of inputs (concat, stack) give ``vjp_argnum(i, g, ans, *args, **kwargs)`` instead.
+    Keyword arguments are never differentiated (axes, indices, exponents, slopes).
+    """
+
+    __slots__ = ("name", "fwd", "vjps", "vjp_argnum")
+
+    def __init__(self, name: str, fwd: Callable[..., np.ndarray], *vjps: Callable | None,
+                 vjp_argnum: Callable | None = None) -> None:
+        self.name, self.fwd, self.vjps, self.vjp_argnum = name, fwd, vjps, vjp_argnum
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "Tensor":
+        return apply(self, *args, **kwargs)
+
+    def vjp(self, argnum: int, g: np.ndarray, ans: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
+        if self.vjp_argnum is not None:
+            return self.vjp_argnum(argnum, g, ans, *args, **kwargs)
+        fn = self.vjps[argnum] if argnum < len(self.vjps) else None
+        if fn is None:
+            raise TypeError(f"VJP of {self.name} wrt argument {argnum} is not defined")
+        return fn(g, ans, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.name}>"
+
+
+def apply(prim: Primitive, *args: Any, **kwargs: Any) -> "Tensor":
+    """Run ``prim`` on the arrays inside ``args`` and, when grad mode is on, record the graph."""
+    raw = tuple(a.data if isinstance(a, Tensor) else a for a in args)
+    try:
+        out = prim.fwd(*raw, **kwargs)
+    except (ValueError, IndexError) as e:
+        shapes = " and ".join(str(np.shape(a)) for a in raw)
+        raise ShapeError(f"{prim.name}: operands of shapes {shapes} do not fit: {e}") from None
+    if not isinstance(out, np.ndarray):
+        out = np.asarray(out)  # reductions to a scalar return numpy scalars
+    result = Tensor._wrap(out)
+    if _grad_mode.enabled:
+        parents = tuple((i, a) for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad)
+        if parents:
+            result.requires_grad = True
+            result._record = (prim, parents, raw, kwargs)
+    return result
+
+
+def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``g`` down to ``shape``: the one place where numpy broadcasting is undone."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+class Tensor:
+    """A numpy array with an optional gradient. Operators and methods are the primitives of
+    ``distbp.autodiff.ops``; ``backward()`` fills ``.grad`` of every leaf that requires it."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_record", "__weakref__")
+    __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = np.array(data, dtype=dtype if dtype is not None else DEFAULT_DTYPE, copy=True)
+        if requires_grad and not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"only floating-point tensors can require gradients, not {arr.dtype}")
+        self.data = arr
+        self.grad: np.ndarray | None = None
+        self.requires_grad = requires_grad
+        self._record: tuple | None = None
+
+    @classmethod
+    def _wrap(cls, arr: np.ndarray) -> "Tensor":
+        # The hot path of every op: no dtype conversion, no copy.
+        t = object.__new__(Tensor)
+        t.data, t.grad, t.requires_grad, t._record = arr, None, False, None
+        return t
+
+    # -- array-like properties ------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def numpy(self) -> np.ndarray:
+        """The underlying array (not a copy)."""
+        return self.data
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python number."""
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph."""
+        return Tensor._wrap(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({np.array2string(self.data, separator=', ', threshold=20)}, dtype={self.dtype}{grad})"
+
+    # -- gradients ------------------------------------------------------------------------
+    def _accumulate_grad(self, g: np.ndarray) -> None:
+        if self.grad is None:
+            # A copy: g may be another node's gradient or a read-only broadcast view.
+            self.grad = np.array(g, dtype=self.data.dtype)
+        else:
+            self.grad += g
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def backward(self, grad: Any = None) -> None:
+        """Reverse-mode sweep from this tensor: fill ``.grad`` of every leaf that requires grad.
+
+        A scalar needs no ``grad``; otherwise ``grad`` has this tensor's shape. The graph is
+        freed as it is walked, so call ``backward`` once per forward pass.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input had requires_grad=True, or it was made under no_grad)")
+        if grad is None:
+            if self.data.size != 1:
+                raise ShapeError(f"backward() on a tensor of shape {self.shape} needs a gradient "
+                                 "of that shape; only a one-element tensor can omit it")
+            grad = np.ones_like(self.data)
+        else:
+            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ShapeError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+
+        order = _topological_order(self)
+        grads: dict[int, np.ndarray] = {id(self): grad}
+        while order:
+            node = order.pop()  # outputs come off first
+            g = grads.pop(id(node), None)
+            record = node._record
+            if record is None:
+                if g is not None:
+                    node._accumulate_grad(g)
+                continue
+            node._record = _FREED
+            prim, parents, args, kwargs = record
+            for argnum, parent in parents:
+                pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
+                key = id(parent)
+                prev = grads.get(key)
+                # Not in place: pg may alias g or another node's gradient.
+                grads[key] = pg if prev is None else prev + pg
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Inputs before outputs, by an explicit-stack depth-first search (no recursion limit)."""
+    if root._record is _FREED:
+        raise RuntimeError("backward() through a graph that was already freed: "
+                           "each forward pass supports one backward()")
+    order: list[Tensor] = []
+    seen: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        record = node._record
+        if record is _FREED:
+            raise RuntimeError("backward() through a graph that was already freed: "
+                               "each forward pass supports one backward()")
+        if record is not None:
+            for _, parent in record[1]:
+                if id(parent) not in seen:
+                    stack.append((parent, False))
+    return order
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A new leaf Tensor holding a copy of ``data``; float32 unless ``dtype`` says otherwise."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+

@@ -1,0 +1,76 @@
+"""Flat buffers (DESIGN invariant 4): every parameter is a view into one contiguous buffer and
+every gradient a view into a second, so communication and the optimizer touch all of them
+with a constant number of numpy calls per step, however many layers the model has."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .parameter import Parameter
+
+
+class FlatParameters:
+    """The parameters ``params`` packed, in the given order, into ``data``; gradients in ``grad``.
+
+    ``offsets[i]`` is where parameter i starts. ``generation`` advances on every ``zero_grad``;
+    a parameter's gradient view is valid only if backward wrote it in the current generation.
+    """
+
+    def __init__(self, params: Iterable[Parameter]) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError("flatten_parameters: no parameters given")
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            raise TypeError(f"flatten_parameters: parameters of several dtypes {sorted(map(str, dtypes))}; "
+                            "a flat buffer holds one dtype")
+        sizes = [p.size for p in params]
+        self.params = params
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.data = np.empty(int(self.offsets[-1]), dtype=dtypes.pop())
+        self.grad = np.zeros_like(self.data)
+        self.generation = 0
+        for p, start, n in zip(params, self.offsets, sizes):
+            p._bind(self, self.data[start:start + n].reshape(p.shape),
+                    self.grad[start:start + n].reshape(p.shape))
+
+    @property
+    def numel(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        """Forget all gradients in O(1): views not rewritten since read as None (and as 0 in
+        ``flat_grad``)."""
+        self.generation += 1
+
+    def flat_grad(self) -> np.ndarray:
+        """The gradient buffer for this generation, zero where backward wrote nothing (parameters
+        unused by the loss); numpy work only for those, so usually none."""
+        gen = self.generation
+        for p in self.params:
+            if p._grad_gen != gen:
+                p._grad_view.fill(0)
+                p._grad_gen = gen
+        return self.grad
+
+
+def flatten_parameters(params: Iterable[Parameter]) -> FlatParameters:
+    """Pack ``params`` into one flat buffer, or return the buffer that already holds exactly
+    them. Values are preserved; afterwards each ``p.data`` and ``p.grad`` is a view."""
+    params = list(params)
+    unique = {id(p): p for p in params}
+    if len(unique) != len(params):
+        raise ValueError("flatten_parameters: a parameter is listed twice")
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"flatten_parameters: expected Parameters, got {type(p).__name__}")
+    owner = params[0]._flat if params else None
+    if owner is not None and len(owner.params) == len(params) and all(p._flat is owner for p in params):
+        return owner
+    taken = [i for i, p in enumerate(params) if p._flat is not None]
+    if taken:
+        raise ValueError(f"flatten_parameters: parameter {taken[0]} (shape {params[taken[0]].shape}) "
+                         "already belongs to another flat buffer; flatten the whole model once")
+    return FlatParameters(params)

@@ -1,0 +1,124 @@
+"""Layers: Linear, the six activations, Dropout, Embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..autodiff.tensor import ShapeError, Tensor
+from . import init
+from .module import Module
+from .parameter import Parameter
+
+
+class Linear(Module):
+    """y = x @ W + b with W of shape (in_features, out_features), as the course notes write it
+    (torch stores the transpose). W is Xavier-uniform, b zero."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = init.xavier_uniform_(Parameter(np.empty((in_features, out_features))), rng=rng)
+        self.bias = Parameter(np.zeros(out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape "
+                             f"{x.shape} has {x.shape[-1] if x.ndim else 0} features, expected {self.in_features}")
+        y = x @ self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.tanh(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.sigmoid(x)
+
+
+class Softsign(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softsign(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Hardtanh(Module):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
+        super().__init__()
+        if min_val >= max_val:
+            raise ValueError(f"Hardtanh: min_val {min_val} must be below max_val {max_val}")
+        self.min_val, self.max_val = min_val, max_val
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+ACTIVATIONS: dict[str, type[Module]] = {
+    "relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid, "leaky_relu": LeakyReLU,
+    "hardtanh": Hardtanh, "softsign": Softsign,
+}
+
+
+def activation(name: str) -> Module:
+    """The activation module for a config name ("relu", "tanh", ...)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class Dropout(Module):
+    """Inverted dropout with drop probability ``p`` (PyTorch's convention); identity in eval."""
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, self.training, self.rng)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Embedding(Module):
+    """A table of ``num_embeddings`` vectors of size ``dim``, looked up by integer ids;
+    initialized N(0, 1) as torch."""
+
+    def __init__(self, num_embeddings: int, dim: int, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.weight = init.normal_(Parameter(np.empty((num_embeddings, dim))), rng=rng)
+
+    def forward(self, indices: np.ndarray) -> Tensor:
+        return F.embedding(self.weight, indices)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.dim}"

@@ -1,0 +1,97 @@
+"""Parameter: a leaf Tensor that requires grad and can live as a view in a flat buffer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..autodiff.tensor import ShapeError, Tensor
+
+if TYPE_CHECKING:
+    from .flat import FlatParameters
+
+# Tensor keeps data and grad in slots; Parameter's properties reach them through these.
+_data_slot = Tensor.data
+_grad_slot = Tensor.grad
+
+
+class Parameter(Tensor):
+    """A trainable tensor. Once packed by ``flatten_parameters`` its ``data`` is a view into
+    the flat parameter buffer and its gradient a view into the flat gradient buffer; assigning
+    ``p.data = x`` then copies into the view, so the buffer stays the single source of truth.
+
+    ``p.grad`` is None until backward writes it after the last ``zero_grad`` (as torch's
+    ``set_to_none``); zero_grad costs O(1) because it only advances the buffer's generation.
+    """
+
+    def __init__(self, data: Any, dtype: Any = None) -> None:
+        self._flat: FlatParameters | None = None
+        self._grad_view: np.ndarray | None = None
+        self._grad_gen = -1
+        super().__init__(data, requires_grad=True, dtype=dtype)
+
+    @property
+    def data(self) -> np.ndarray:
+        return _data_slot.__get__(self, Parameter)
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        if self._flat is None:
+            _data_slot.__set__(self, value)
+            return
+        view = _data_slot.__get__(self, Parameter)
+        if np.shape(value) != view.shape:
+            raise ShapeError(f"cannot assign an array of shape {np.shape(value)} to a parameter "
+                             f"of shape {view.shape}")
+        np.copyto(view, value)
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        flat = self._flat
+        if flat is None:
+            return _grad_slot.__get__(self, Parameter)
+        return self._grad_view if self._grad_gen == flat.generation else None
+
+    @grad.setter
+    def grad(self, value: np.ndarray | None) -> None:
+        flat = self._flat
+        if flat is None:
+            _grad_slot.__set__(self, value)
+        elif value is None:
+            self._grad_gen = -1
+        else:
+            np.copyto(self._grad_view, value)
+            self._grad_gen = flat.generation
+
+    def _accumulate_grad(self, g: np.ndarray) -> None:
+        flat = self._flat
+        if flat is None:
+            Tensor._accumulate_grad(self, g)
+        elif self._grad_gen == flat.generation:
+            self._grad_view += g
+        else:
+            # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
+            np.copyto(self._grad_view, g)
+            self._grad_gen = flat.generation
+
+    def _bind(self, flat: FlatParameters, data_view: np.ndarray, grad_view: np.ndarray) -> None:
+        np.copyto(data_view, _data_slot.__get__(self, Parameter))
+        old_grad = self.grad
+        self._flat = None
+        _data_slot.__set__(self, data_view)
+        _grad_slot.__set__(self, None)
+        self._flat, self._grad_view, self._grad_gen = flat, grad_view, -1
+        if old_grad is not None:
+            self.grad = old_grad
+
+    def _unbind(self) -> None:
+        """Leave the flat buffer, keeping a private copy of the values (for ``Module.to``)."""
+        if self._flat is not None:
+            data, grad = self.data.copy(), self.grad
+            self._flat, self._grad_view, self._grad_gen = None, None, -1
+            _data_slot.__set__(self, data)
+            _grad_slot.__set__(self, None if grad is None else grad.copy())
+
+    def __repr__(self) -> str:
+        return "Parameter(" + super().__repr__() + ")"
