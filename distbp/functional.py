@@ -119,16 +119,24 @@ def mse_loss(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True,
-            rng: np.random.Generator | None = None) -> Tensor:
+            rng: np.random.Generator | None = None, rows: tuple[int, int] | None = None) -> Tensor:
     """Inverted dropout as PyTorch: drop each unit with probability ``p`` and scale the kept
-    ones by 1 / (1 - p), so evaluation (``training=False``) is the identity."""
+    ones by 1 / (1 - p), so evaluation (``training=False``) is the identity.
+
+    ``rows=(start, total)`` says that ``x`` holds rows start..start+len(x) of a batch of
+    ``total`` rows: the mask is drawn for the whole batch and sliced, so a batch split over
+    workers is masked exactly as the unsplit batch would be (N-invariance).
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return x * 0.0
-    keep = (rng or default_rng()).random(x.shape, dtype=np.float32) >= p
+    shape = x.shape if rows is None else (rows[1],) + x.shape[1:]
+    keep = (rng or default_rng()).random(shape, dtype=np.float32) >= p
+    if rows is not None:
+        keep = keep[rows[0]:rows[0] + len(x)]
     return x * (keep.astype(x.dtype) * (1.0 / (1.0 - p)))
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +26,27 @@ def _as_input(x: Any) -> tuple[Any, bool]:
     else:
         return x, False
     return Tensor(arr, requires_grad=True, dtype=np.float64), True
+
+
+def numeric_grad(objective: Callable[[], float], array: np.ndarray, eps: float,
+                 indices: Sequence[int] | None = None) -> np.ndarray:
+    """Central differences (f(x + eps) - f(x - eps)) / 2eps of ``objective`` with respect to the
+    elements of ``array`` at flat ``indices`` (all by default). ``array`` is perturbed in place
+    and restored, so it must be the very array ``objective`` reads."""
+    flat = array.reshape(-1)
+    if not np.shares_memory(flat, array):
+        raise ValueError("numeric_grad: the array must be contiguous so it can be perturbed in place")
+    positions = range(flat.size) if indices is None else indices
+    out = np.empty(len(positions))
+    for j, i in enumerate(positions):
+        orig = flat[i]
+        flat[i] = orig + eps
+        f_plus = objective()
+        flat[i] = orig - eps
+        f_minus = objective()
+        flat[i] = orig
+        out[j] = (f_plus - f_minus) / (2 * eps)
+    return out
 
 
 def gradcheck(fn: Callable[..., Tensor], *inputs: Any, eps: float = 1e-6, atol: float = 1e-5,
@@ -55,22 +77,61 @@ def gradcheck(fn: Callable[..., Tensor], *inputs: Any, eps: float = 1e-6, atol: 
         if not checked:
             continue
         analytic = x.grad if x.grad is not None else np.zeros_like(x.data)
-        numeric = np.empty_like(x.data)
-        flat = x.data.reshape(-1)  # a view: perturbing it perturbs the input
-        for i in range(flat.size):
-            orig = flat[i]
-            flat[i] = orig + eps
-            f_plus = objective()
-            flat[i] = orig - eps
-            f_minus = objective()
-            flat[i] = orig
-            numeric.reshape(-1)[i] = (f_plus - f_minus) / (2 * eps)
-        excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
-        if excess.size and (excess.max() > 0 or not np.all(np.isfinite(analytic))):
-            worst = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(analytic), excess, np.inf))),
-                                     x.shape)
+        numeric = numeric_grad(objective, x.data, eps).reshape(x.shape)
+        # A non-finite value on either side is the worst error (a nan excess would compare False).
+        with np.errstate(invalid="ignore"):  # inf - inf, discarded by the where
+            excess = np.where(np.isfinite(analytic) & np.isfinite(numeric),
+                              np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric)), np.inf)
+        if excess.size and excess.max() > 0:
+            worst = np.unravel_index(int(np.argmax(excess)), x.shape)
             raise GradcheckError(
                 f"gradcheck: input {k} (shape {x.shape}) at index {tuple(int(i) for i in worst)}: "
                 f"analytic {analytic[worst]:.8g} vs numeric {numeric[worst]:.8g} "
                 f"(tolerance atol={atol} + rtol={rtol} * |numeric|)")
     return True
+
+
+@dataclass
+class ParameterCheck:
+    """The result of checking one parameter: the worst relative error
+    |analytic - numeric| / max(|analytic|, |numeric|) over the checked elements."""
+
+    name: str
+    shape: tuple[int, ...]
+    checked: int
+    worst_rel_error: float
+    worst_index: tuple[int, ...]
+    analytic: float
+    numeric: float
+
+
+def check_parameters(loss: Callable[[], Tensor], params: Sequence[tuple[str, Tensor]], eps: float = 1e-6,
+                     max_elements: int | None = None, seed: int = 0) -> list[ParameterCheck]:
+    """Check the gradient of the scalar ``loss()`` with respect to each named float64 parameter
+    (all elements, or ``max_elements`` chosen at random from larger ones). Used by
+    ``distbp-gradcheck`` on a whole model; ``loss`` must be deterministic (dropout off)."""
+    for name, p in params:
+        if p.dtype != np.float64:
+            raise TypeError(f"check_parameters: {name} is {p.dtype}; cast the model to float64 first")
+        p.grad = None
+    loss().backward()
+    analytic = {name: (p.grad.copy() if p.grad is not None else np.zeros_like(p.data)) for name, p in params}
+
+    def objective() -> float:
+        with no_grad():
+            return float(loss().data)
+
+    rng = np.random.default_rng(seed)
+    results = []
+    for name, p in params:
+        n = p.size
+        idx = np.arange(n) if max_elements is None or n <= max_elements else np.sort(
+            rng.choice(n, max_elements, replace=False))
+        numeric = numeric_grad(objective, p.data, eps, idx)
+        a = analytic[name].reshape(-1)[idx]
+        rel = np.abs(a - numeric) / np.maximum(np.maximum(np.abs(a), np.abs(numeric)), 1e-12)
+        j = int(np.argmax(rel))
+        results.append(ParameterCheck(name, p.shape, len(idx), float(rel[j]),
+                                      tuple(int(i) for i in np.unravel_index(idx[j], p.shape)),
+                                      float(a[j]), float(numeric[j])))
+    return results

@@ -38,17 +38,21 @@ divide = Primitive("divide", np.true_divide,
                    lambda g, ans, a, b: g / b, lambda g, ans, a, b: -g * ans / b)
 negative = Primitive("negative", np.negative, lambda g, ans, a: -g)
 power = Primitive("power", lambda a, exponent: np.power(a, exponent),
-                  lambda g, ans, a, exponent: g * (exponent * np.power(a, exponent - 1)))
+                  # a ** 0 is constant: its gradient is 0, also at a = 0 where 0 * a ** -1 is nan.
+                  lambda g, ans, a, exponent: (g * (exponent * np.power(a, exponent - 1)) if exponent != 0
+                                               else np.zeros_like(g)))
 
 
 # -- matrix product -----------------------------------------------------------------------
 # numpy's rule for 1-D operands: a left vector gains a leading axis and a right vector a
 # trailing one, both removed from the result. The VJPs redo that promotion, then undo it.
 def _promote(g: np.ndarray, a: np.ndarray, b: np.ndarray):
-    if a.ndim == 1:
-        a, g = a[None, :], np.expand_dims(g, -2)
+    # The right vector first: for vector @ vector g is 0-d and needs its trailing axis
+    # before it can take one at -2.
     if b.ndim == 1:
         b, g = b[:, None], np.expand_dims(g, -1)
+    if a.ndim == 1:
+        a, g = a[None, :], np.expand_dims(g, -2)
     return g, a, b
 
 
@@ -131,7 +135,9 @@ def _getitem_vjp(g, ans, a, index):
 reshape = Primitive("reshape", lambda a, shape: np.reshape(a, shape),
                     lambda g, ans, a, shape: np.reshape(g, a.shape))
 transpose = Primitive("transpose", lambda a, axes: np.transpose(a, axes),
-                      lambda g, ans, a, axes: np.transpose(g, None if axes is None else np.argsort(axes)))
+                      # axes modulo ndim: argsort of negative axes would not invert the permutation.
+                      lambda g, ans, a, axes: np.transpose(g, None if axes is None
+                                                           else np.argsort(np.mod(axes, a.ndim))))
 getitem = Primitive("getitem", lambda a, index: a[index], _getitem_vjp)
 
 
@@ -198,6 +204,8 @@ Tensor.__rmatmul__ = lambda a, b: matmul(_const(b, a), a)
 Tensor.__neg__ = lambda a: negative(a)
 Tensor.__pow__ = _pow
 Tensor.__getitem__ = lambda a, index: getitem(a, index=_index_arg(index))
+# Explicit, because Python's fallback iteration stops on IndexError, which apply() reports as ShapeError.
+Tensor.__iter__ = lambda a: (a[i] for i in range(len(a)))
 Tensor.sum = lambda a, axis=None, keepdims=False: sum_(a, axis=axis, keepdims=keepdims)
 Tensor.mean = _mean
 Tensor.max = lambda a, axis=None, keepdims=False: max_(a, axis=axis, keepdims=keepdims)

@@ -44,6 +44,11 @@ class no_grad(contextlib.ContextDecorator):
     def __exit__(self, *exc: object) -> None:
         _grad_mode.enabled = self._prev
 
+    def _recreate_cm(self) -> "no_grad":
+        # As a decorator, a fresh instance per call: one shared ``_prev`` would be overwritten
+        # by a recursive (or concurrent) call and leave grad mode off after the outer call.
+        return type(self)()
+
 
 def is_grad_enabled() -> bool:
     """Whether ops currently record the graph (False inside ``no_grad``)."""
@@ -156,6 +161,9 @@ class Tensor:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)  # numpy's rule: ambiguous (an error) for more than one element
 
     def numpy(self) -> np.ndarray:
         """The underlying array (not a copy)."""

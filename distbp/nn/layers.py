@@ -19,7 +19,7 @@ class Linear(Module):
                  rng: np.random.Generator | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = init.xavier_uniform_(Parameter(np.empty((in_features, out_features))), rng=rng)
+        self.weight = init.xavier_uniform_(Parameter(np.zeros((in_features, out_features))), rng=rng)
         self.bias = Parameter(np.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,9 +100,11 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p, self.rng = p, rng
+        # (start, total) when the input is a slice of a larger batch; see F.dropout.
+        self.rows: tuple[int, int] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.p, self.training, self.rng)
+        return F.dropout(x, self.p, self.training, self.rng, self.rows)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -115,7 +117,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, dim: int, rng: np.random.Generator | None = None) -> None:
         super().__init__()
         self.num_embeddings, self.dim = num_embeddings, dim
-        self.weight = init.normal_(Parameter(np.empty((num_embeddings, dim))), rng=rng)
+        self.weight = init.normal_(Parameter(np.zeros((num_embeddings, dim))), rng=rng)
 
     def forward(self, indices: np.ndarray) -> Tensor:
         return F.embedding(self.weight, indices)

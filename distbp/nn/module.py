@@ -13,7 +13,8 @@ from .parameter import Parameter
 
 class Module:
     """Base class of layers and models. Assigning a Parameter or Module to an attribute
-    registers it, in assignment order, which is the order of ``named_parameters()``."""
+    registers it. ``named_parameters()`` lists a module's own parameters in assignment order,
+    then each submodule's, recursively (torch's order)."""
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -83,6 +84,8 @@ class Module:
         for p in self.parameters():
             p._unbind()
             p.data = p.data.astype(dtype)
+            if p.grad is not None:  # a gradient keeps its parameter's dtype
+                p.grad = p.grad.astype(dtype)
         return self
 
     # -- state ----------------------------------------------------------------------------
@@ -101,7 +104,7 @@ class Module:
             problems.append("missing: " + ", ".join(missing))
         if strict and unexpected:
             problems.append("unexpected: " + ", ".join(unexpected))
-        for name in own.keys() & state.keys():
+        for name in [n for n in own if n in state]:
             shape = np.shape(state[name])
             if shape != own[name].shape:
                 problems.append(f"{name}: shape {shape} in the state dict, {own[name].shape} in the model")
