@@ -167,3 +167,23 @@ def test_module_to_unbinds_parameters_from_the_buffer():
     assert np.abs(model[0].weight.data).max() > 0  # no longer bound
     model(db.tensor(np.ones((1, 3)), dtype=np.float64)).sum().backward()
     assert all(not np.shares_memory(p.grad, flat.grad) for p in model.parameters())
+
+
+def test_grad_setter_rejects_wrong_shape_and_counts_written_views():
+    from distbp.autodiff import ShapeError
+    lin = nn.Linear(3, 4)
+    flat = nn.flatten_parameters(lin.parameters())
+    with pytest.raises(ShapeError, match=r"\(4,\).*\(3, 4\)"):
+        lin.weight.grad = np.ones(4)
+    lin.weight.grad = np.ones((3, 4))
+    assert flat.written == 1
+    lin.weight.grad = np.full((3, 4), 2.0)  # rewriting the same view does not count twice
+    assert flat.written == 1
+    lin.weight.grad = None
+    assert flat.written == 0 and lin.weight.grad is None
+    lin.bias.grad = np.arange(4.0)
+    g = flat.flat_grad()  # fills the weight's view with zeros and counts it
+    assert flat.written == 2
+    np.testing.assert_array_equal(g, np.concatenate([np.zeros(12), np.arange(4.0)]))
+    flat.zero_grad()
+    assert flat.written == 0 and lin.bias.grad is None

@@ -32,6 +32,7 @@ class FlatParameters:
         self.data = np.empty(int(self.offsets[-1]), dtype=dtypes.pop())
         self.grad = np.zeros_like(self.data)
         self.generation = 0
+        self.written = 0  # parameters whose gradient view holds this generation's gradient
         for p, start, n in zip(params, self.offsets, sizes):
             p._bind(self, self.data[start:start + n].reshape(p.shape),
                     self.grad[start:start + n].reshape(p.shape))
@@ -44,15 +45,28 @@ class FlatParameters:
         """Forget all gradients in O(1): views not rewritten since read as None (and as 0 in
         ``flat_grad``)."""
         self.generation += 1
+        self.written = 0
+
+    def _claim(self, p: Parameter) -> bool:
+        """Mark ``p``'s gradient view as written in this generation; whether it already was."""
+        if p._grad_gen == self.generation:
+            return True
+        p._grad_gen = self.generation
+        self.written += 1
+        return False
+
+    def _release(self, p: Parameter) -> None:
+        if p._grad_gen == self.generation:
+            self.written -= 1
+        p._grad_gen = -1
 
     def flat_grad(self) -> np.ndarray:
         """The gradient buffer for this generation, zero where backward wrote nothing (parameters
-        unused by the loss); numpy work only for those, so usually none."""
-        gen = self.generation
-        for p in self.params:
-            if p._grad_gen != gen:
-                p._grad_view.fill(0)
-                p._grad_gen = gen
+        unused by the loss). O(1) when every parameter got a gradient, the usual case."""
+        if self.written < len(self.params):
+            for p in self.params:
+                if not self._claim(p):
+                    p._grad_view.fill(0)
         return self.grad
 
 

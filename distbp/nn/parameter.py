@@ -59,21 +59,23 @@ class Parameter(Tensor):
         if flat is None:
             _grad_slot.__set__(self, value)
         elif value is None:
-            self._grad_gen = -1
+            flat._release(self)
         else:
+            if np.shape(value) != self._grad_view.shape:
+                raise ShapeError(f"cannot assign a gradient of shape {np.shape(value)} to a parameter "
+                                 f"of shape {self._grad_view.shape}")
             np.copyto(self._grad_view, value)
-            self._grad_gen = flat.generation
+            flat._claim(self)
 
     def _accumulate_grad(self, g: np.ndarray) -> None:
         flat = self._flat
         if flat is None:
             Tensor._accumulate_grad(self, g)
-        elif self._grad_gen == flat.generation:
+        elif flat._claim(self):
             self._grad_view += g
         else:
             # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
             np.copyto(self._grad_view, g)
-            self._grad_gen = flat.generation
 
     def _bind(self, flat: FlatParameters, data_view: np.ndarray, grad_view: np.ndarray) -> None:
         np.copyto(data_view, _data_slot.__get__(self, Parameter))
