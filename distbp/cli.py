@@ -1,0 +1,135 @@
+"""Command-line entry points: parse arguments, call ``distbp.train``, map errors to exit codes
+(0 done, 1 run error, 2 bad command line or config; 128 + signal number when SIGINT or
+SIGTERM stopped a run after checkpointing)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _guard(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body``; every failure becomes one message and an exit code, never a traceback
+    (set DISTBP_DEBUG=1 to see one)."""
+    from .autodiff.tensor import ShapeError
+    from .data import DataError
+    from .train import CheckpointError, ConfigError, Interrupted, TrainingError
+
+    try:
+        return body()
+    except ConfigError as e:
+        return _fail(prog, str(e).replace("\n", "\n  "), EXIT_USAGE)
+    except Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (DataError, CheckpointError, TrainingError, ShapeError, FileNotFoundError, ImportError) as e:
+        if os.environ.get("DISTBP_DEBUG"):
+            traceback.print_exc()
+        return _fail(prog, str(e), EXIT_RUN_ERROR)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 128 + 2)
+    except Exception as e:  # a bug: still one line, with the way to the traceback
+        if os.environ.get("DISTBP_DEBUG"):
+            traceback.print_exc()
+        return _fail(prog, f"internal error {type(e).__name__}: {e} (set DISTBP_DEBUG=1 for the traceback)",
+                     EXIT_RUN_ERROR)
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: the built-in digits MLP)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override a config key, e.g. --set optimizer.lr=0.01 (repeatable)")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-train: train the configured model; with no --config, the default config."""
+    parser = argparse.ArgumentParser(prog="distbp-train", description=train_main.__doc__)
+    _config_args(parser)
+    parser.add_argument("--run-dir", metavar="DIR", help="where config, metrics, log and checkpoints go "
+                        "(default: the config's run_dir)")
+    parser.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                        help="auto: continue from the newest good checkpoint in the run directory (default); "
+                             "never: start fresh; PATH: that checkpoint")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .train import Trainer, load_config
+        from .train.config import ConfigError, dump
+
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump(cfg), end="")
+            return EXIT_OK
+        if args.resume not in ("auto", "never") and not os.path.isfile(args.resume):
+            raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
+        result = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).run()
+        acc = "" if result.val_accuracy is None else f", val_accuracy {result.val_accuracy:.4f}"
+        print(f"done: {result.step} steps in {result.seconds:.1f} s{acc}; checkpoint {result.checkpoint}")
+        return EXIT_OK
+
+    return _guard("distbp-train", body)
+
+
+def gradcheck_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-gradcheck: check the configured model's gradients against central differences
+    in float64 and print the worst relative error per parameter."""
+    parser = argparse.ArgumentParser(prog="distbp-gradcheck", description=gradcheck_main.__doc__)
+    _config_args(parser)
+    parser.add_argument("--samples", type=int, default=8, help="batch size of the check (default 8)")
+    parser.add_argument("--max-elements", type=int, default=200,
+                        help="elements checked per parameter, chosen at random (default 200; 0 = all)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest relative error that passes (default 1e-4)")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .train import load_config
+        from .train.check import gradcheck_config
+
+        cfg = load_config(args.config, args.overrides)
+        results = gradcheck_config(cfg, args.samples, args.max_elements or None)
+        width = max(len(r.name) for r in results)
+        print(f"{'parameter':<{width}}  {'shape':>14}  {'checked':>7}  {'worst rel. error':>16}  result")
+        failed = 0
+        for r in results:
+            ok = r.worst_rel_error <= args.tolerance
+            failed += not ok
+            print(f"{r.name:<{width}}  {str(r.shape):>14}  {r.checked:>7}  {r.worst_rel_error:>16.3e}  "
+                  + ("ok" if ok else f"FAIL at {r.worst_index}: analytic {r.analytic:.6g} numeric {r.numeric:.6g}"))
+        if failed:
+            return _fail("distbp-gradcheck", f"{failed} parameter(s) above tolerance {args.tolerance}", EXIT_RUN_ERROR)
+        print(f"all {len(results)} parameters within {args.tolerance} (float64, central differences)")
+        return EXIT_OK
+
+    return _guard("distbp-gradcheck", body)
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-plot: write a PNG of a run's training loss and validation accuracy."""
+    parser = argparse.ArgumentParser(prog="distbp-plot", description=plot_main.__doc__)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--out", metavar="FILE.png", help="default RUN_DIR/metrics.png")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .train.plot import plot_run
+
+        print(plot_run(args.run_dir, args.out))
+        return EXIT_OK
+
+    return _guard("distbp-plot", body)
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,81 @@
+"""CoNLL-format text for the window classifier: one token per line with its tag in the last
+column, blank lines between sentences; a vocabulary from the training split; windows of 2w+1
+word ids around every token, padded at sentence edges."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import DataError, Dataset
+
+UNK, START, END = "<unk>", "<s>", "</s>"
+
+Sentence = tuple[list[str], list[str]]  # (words, tags)
+
+
+def read_conll(path: str) -> list[Sentence]:
+    """Sentences of (words, tags). ``-DOCSTART-`` lines are skipped; a line with a single
+    column has no tag and is an error naming the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.path: no such file: {p}")
+    sentences: list[Sentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    try:
+        with open(p, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a UTF-8 text file ({e.reason})") from None
+    for line_no, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            if words:
+                sentences.append((words, tags))
+                words, tags = [], []
+            continue
+        if fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{p}:{line_no}: {line.strip()!r} has no tag; expected a token and "
+                            "its tag separated by whitespace")
+        words.append(fields[0])
+        tags.append(fields[-1])
+    if words:
+        sentences.append((words, tags))
+    if not sentences:
+        raise DataError(f"{p}: no sentences found")
+    return sentences
+
+
+def normalize(word: str) -> str:
+    # Lowercase, and map every digit to 0 so that numbers share embeddings (as the CS224N
+    # NER assignment does).
+    return "".join("0" if c.isdigit() else c for c in word.lower())
+
+
+def build_vocab(sentences: list[Sentence], min_count: int = 1) -> list[str]:
+    """Words of the training split seen at least ``min_count`` times, most frequent first,
+    after the reserved ids 0 = <unk>, 1 = <s> (left padding), 2 = </s> (right padding)."""
+    counts = Counter(normalize(w) for words, _ in sentences for w in words)
+    kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return [UNK, START, END] + kept
+
+
+def windows(sentences: list[Sentence], vocab: list[str], tag_names: list[str], w: int,
+            source: str) -> Dataset:
+    """One sample per token: the ids of the 2w+1 words centred on it, and its tag id."""
+    index = {word: i for i, word in enumerate(vocab)}
+    tag_index = {t: i for i, t in enumerate(tag_names)}
+    xs, ys = [], []
+    for words, tags in sentences:
+        ids = [index[START]] * w + [index.get(normalize(t), 0) for t in words] + [index[END]] * w
+        for i, tag in enumerate(tags):
+            xs.append(ids[i:i + 2 * w + 1])
+            ys.append(tag_index[tag])
+    x = np.array(xs, dtype=np.int64).reshape(-1, 2 * w + 1)
+    return Dataset(Path(source).stem, x, np.array(ys, dtype=np.int64), list(tag_names), list(vocab),
+                   source=source)

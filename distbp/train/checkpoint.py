@@ -1,0 +1,147 @@
+"""Checkpoints (DESIGN invariant 5): one ``step-00000200.npz`` per save, written atomically
+(temporary file, fsync, rename), with a SHA-256 of its arrays in its JSON ``meta``; the last
+K kept. Loading never unpickles; a truncated or altered file is detected and named."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+_NAME = re.compile(r"^step-(\d{8,})\.npz$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, or from another run; the message says which file and why."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}.npz"
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarray],
+                     meta: dict[str, Any], keep: int) -> Path:
+    """Write ``arrays`` and ``meta`` as step ``step``; on any failure the previous
+    checkpoints are untouched and the temporary file is removed. Returns the new path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta, step=step, format=FORMAT, checksum=_checksum(arrays))
+    payload = dict(arrays, meta=np.array(json.dumps(meta)))
+    final = directory / checkpoint_name(step)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    _prune(directory, keep)
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _prune(directory: Path, keep: int) -> None:
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and verify one checkpoint; raises CheckpointError naming the file and the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise CheckpointError(f"{path}: holds a pickled object; distbp never unpickles") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: truncated or not an .npz file ({type(e).__name__}: {e})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path}: no 'meta' record; not a distbp checkpoint")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable meta record ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "checksum" not in meta:
+        raise CheckpointError(f"{path}: meta is not a distbp checkpoint of format {FORMAT}")
+    if _checksum(arrays) != meta["checksum"]:
+        raise CheckpointError(f"{path}: checksum mismatch; the file was altered or damaged")
+    if "params" not in arrays:
+        raise CheckpointError(f"{path}: no 'params' array")
+    return Checkpoint(path, arrays, meta)
+
+
+def latest_valid(directory: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint in ``directory`` that verifies, and a warning for each newer one
+    that did not (skipped, never deleted, so nothing is lost)."""
+    warnings = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return read_checkpoint(path), warnings
+        except CheckpointError as e:
+            warnings.append(f"skipping damaged checkpoint: {e}")
+    return None, warnings

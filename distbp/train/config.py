@@ -1,0 +1,317 @@
+"""The YAML config schema of DESIGN: defaults for every key, and validation that names the
+key's dotted path and suggests the nearest known key or value."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key, value or command-line override (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its type, default and allowed values."""
+
+    kind: str  # "int", "float", "bool", "str", "int_list", "float_list", "str_or_int"
+    default: Any
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False  # min is exclusive
+    max_open: bool = False  # max is exclusive
+    nullable: bool = False
+    length: int | None = None  # exact length of a list
+
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "softsign")
+
+SCHEMA: dict[str, Any] = {
+    "seed": Field("int", 0, min=0),
+    "model": {
+        "type": Field("str", "mlp", choices=("mlp", "window")),
+        "sizes": Field("int_list", [64, 256, 10], min=1),
+        "activation": Field("str", "relu", choices=ACTIVATIONS),
+        "output_activation": Field("str", "none", choices=("none", "sigmoid")),
+        "dropout": Field("float", 0.0, min=0.0, max=1.0, max_open=True),
+        "init": Field("str", "xavier_uniform", choices=("xavier_uniform", "xavier_normal", "kaiming_normal")),
+        "loss": Field("str", "cross_entropy", choices=("cross_entropy", "multi_margin", "mse")),
+        "margin": Field("float", 1.0, min=0.0, min_open=True),
+        "embed_dim": Field("int", 50, min=1),
+        "window": Field("int", 2, min=0),
+        "hidden": Field("int", 100, min=1),
+    },
+    "data": {
+        "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll")),
+        "path": Field("str", None, nullable=True),
+        "labels": Field("str", None, nullable=True),
+        "label": Field("str_or_int", None, nullable=True),
+        "x_key": Field("str", "x"),
+        "y_key": Field("str", "y"),
+        "task": Field("str", "classification", choices=("classification", "regression")),
+        "kind": Field("str", "blobs", choices=("blobs", "spirals", "regression")),
+        "samples": Field("int", 2000, min=2),
+        "features": Field("int", 16, min=1),
+        "classes": Field("int", 3, min=2),
+        "noise": Field("float", 0.5, min=0.0),
+        "val_fraction": Field("float", 0.1, min=0.0, max=1.0, max_open=True),
+        "preprocess": Field("str", "standardize", choices=("none", "center", "standardize", "whiten")),
+        "whiten_eps": Field("float", 1e-5, min=0.0, min_open=True),
+        "min_count": Field("int", 1, min=1),
+    },
+    "train": {
+        "epochs": Field("int", 30, min=1),
+        "global_batch": Field("int", 128, min=1),
+        "max_steps": Field("int", None, min=1, nullable=True),
+        "eval_every": Field("int", 50, min=1),
+        "log_every": Field("int", 10, min=1),
+        "progress": Field("str", "auto", choices=("auto", "bar", "plain")),
+    },
+    "optimizer": {
+        "name": Field("str", "adam", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")),
+        "lr": Field("float", 0.001, min=0.0, min_open=True),
+        "weight_decay": Field("float", 0.0, min=0.0),
+        "decay_biases": Field("bool", False),
+        "momentum": Field("float", 0.9, min=0.0, max=1.0, max_open=True),
+        "nesterov": Field("bool", False),
+        "betas": Field("float_list", [0.9, 0.999], min=0.0, max=1.0, max_open=True, length=2),
+        "eps": Field("float", None, min=0.0, nullable=True),
+        "alpha": Field("float", 0.99, min=0.0, max=1.0),
+    },
+    "schedule": {
+        "name": Field("str", "constant", choices=("constant", "step", "annealing", "cosine", "warmup")),
+        "step_size": Field("int", 1000, min=1),
+        "gamma": Field("float", 0.1, min=0.0, min_open=True),
+        "tau": Field("float", 100.0, min=0.0, min_open=True),
+        "t_max": Field("int", None, min=1, nullable=True),
+        "eta_min": Field("float", 0.0, min=0.0),
+        "warmup_steps": Field("int", 100, min=1),
+        "after": Field("str", "constant", choices=("constant", "step", "annealing", "cosine")),
+    },
+    "comm": {
+        "backend": Field("str", "auto", choices=("auto", "local")),
+    },
+    "checkpoint": {
+        "every": Field("int", 100, min=1),
+        "keep": Field("int", 3, min=1),
+    },
+    "run_dir": Field("str", "runs/digits-mlp"),
+}
+
+# Keys that change where and how often things are written, not the numbers a run computes;
+# they stay out of the config hash so a run can be resumed with a longer max_steps or another
+# run directory.
+_HASH_EXCLUDED = {"run_dir", "checkpoint", "comm", "train.epochs", "train.max_steps",
+                  "train.eval_every", "train.log_every", "train.progress"}
+
+
+def defaults(schema: dict[str, Any] = SCHEMA) -> dict[str, Any]:
+    """The default config: every key at its default."""
+    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+def _paths(schema: dict[str, Any], prefix: str = "") -> Iterable[str]:
+    for k, v in schema.items():
+        path = f"{prefix}{k}"
+        yield path
+        if isinstance(v, dict):
+            yield from _paths(v, path + ".")
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _range_text(f: Field) -> str:
+    lo = "" if f.min is None else ("> " if f.min_open else ">= ") + str(f.min)
+    hi = "" if f.max is None else ("< " if f.max_open else "<= ") + str(f.max)
+    return " and ".join(x for x in (lo, hi) if x)
+
+
+def _check_number(path: str, f: Field, value: Any, kind: str) -> Any:
+    # bool is an int in Python; `epochs: true` is a mistake, not 1.
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+    if kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
+    if kind == "int" and not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if kind == "float":
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    too_low = f.min is not None and (value <= f.min if f.min_open else value < f.min)
+    too_high = f.max is not None and (value >= f.max if f.max_open else value > f.max)
+    if too_low or too_high:
+        raise ConfigError(f"{path}: {value!r} is out of range; it must be {_range_text(f)}")
+    return value
+
+
+def _check_value(path: str, f: Field, value: Any) -> Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise ConfigError(f"{path}: a value is required (default {f.default!r})")
+    if f.kind in ("int", "float"):
+        value = _check_number(path, f, value, f.kind)
+    elif f.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    elif f.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    elif f.kind == "str_or_int":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigError(f"{path}: expected a column name or index, got {value!r}")
+    elif f.kind in ("int_list", "float_list"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{path}: expected a non-empty list, got {value!r}")
+        if f.length is not None and len(value) != f.length:
+            raise ConfigError(f"{path}: expected a list of {f.length} values, got {len(value)}")
+        item_kind = f.kind.split("_")[0]
+        value = [_check_number(f"{path}[{i}]", f, v, item_kind) for i, v in enumerate(value)]
+    if f.choices is not None and value not in f.choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, f.choices))}"
+                          + _suggest(value, f.choices))
+    return value
+
+
+def _merge(schema: dict[str, Any], raw: Any, out: dict[str, Any], prefix: str, errors: list[str]) -> None:
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        return
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            errors.append(f"{path}: unknown key" + _suggest(path, _paths(SCHEMA)))
+            continue
+        spec = schema[key]
+        try:
+            if isinstance(spec, dict):
+                _merge(spec, value, out[key], path + ".", errors)
+            else:
+                out[key] = _check_value(path, spec, value)
+        except ConfigError as e:
+            errors.append(str(e))
+
+
+def _cross_checks(cfg: dict[str, Any]) -> list[str]:
+    errors = []
+    data, model = cfg["data"], cfg["model"]
+    if data["name"] in ("npz", "csv", "idx", "conll"):
+        if not data["path"]:
+            errors.append(f"data.path: the {data['name']} data set needs a file path")
+        elif not Path(data["path"]).is_file():
+            errors.append(f"data.path: no such file: {data['path']}")
+    if data["name"] == "idx" and data["labels"] and not Path(data["labels"]).is_file():
+        errors.append(f"data.labels: no such file: {data['labels']}")
+    if data["name"] == "idx" and not data["labels"]:
+        errors.append("data.labels: the idx data set needs the path of its label file")
+    if (model["type"] == "window") != (data["name"] == "conll"):
+        errors.append(f"model.type: {model['type']!r} does not fit data.name {data['name']!r}; "
+                      "the window model reads CoNLL text and only it does")
+    if len(model["sizes"]) < 2 and model["type"] == "mlp":
+        errors.append(f"model.sizes: an MLP needs at least an input and an output size, got {model['sizes']}")
+    regression = data["task"] == "regression" or (data["name"] == "synthetic" and data["kind"] == "regression")
+    if regression and model["loss"] != "mse":
+        errors.append(f"model.loss: {model['loss']!r} needs class labels; a regression task uses mse")
+    return errors
+
+
+def resolve(raw: dict[str, Any] | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults, then ``raw`` (a parsed YAML mapping), then ``key.path=value`` overrides
+    (values parsed as YAML). Every problem is collected and raised as one ConfigError."""
+    cfg = defaults()
+    errors: list[str] = []
+    if raw is not None:
+        _merge(SCHEMA, raw, cfg, "", errors)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            errors.append(f"--set {item!r}: expected key.path=value")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            errors.append(f"--set {key}: cannot parse {text!r} as a YAML value ({e.problem})")
+            continue
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(SCHEMA, nested, cfg, "", errors)
+    if not errors:
+        errors = _cross_checks(cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a YAML config (safe_load only) and resolve it; ``None`` gives the default config."""
+    raw = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if raw is None:
+            raw = {}
+    return resolve(raw, overrides)
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short hash of everything that changes the numbers a run computes (not run_dir,
+    checkpoint or logging cadence, nor epochs/max_steps: a resumed run may extend them)."""
+    semantic = copy.deepcopy(cfg)
+    for path in _HASH_EXCLUDED:
+        node, *rest = path.split(".")
+        if rest:
+            semantic.get(node, {}).pop(rest[0], None)
+        else:
+            semantic.pop(node, None)
+    blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    """The resolved config as YAML, keys in schema order."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+
+
+def semantic_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, as "key: a -> b",
+    leaving out the keys the config hash ignores."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path in _HASH_EXCLUDED:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(semantic_diff(va, vb, path + "."))
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,308 @@
+"""The training loop. One code path for one process and for N workers: each worker runs the
+forward and backward pass on its slice of every global batch, the Communicator sums the
+gradients, and every replica applies the same optimizer step. The coordinator (rank 0)
+logs, evaluates and writes checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .. import __version__, nn
+from ..autodiff.tensor import Tensor, no_grad
+from ..comm import Communicator, get_communicator
+from ..data import DistributedSampler, Preprocessor, Splits, load_data
+from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
+from .checkpoint import Checkpoint, CheckpointError, latest_valid, list_checkpoints, read_checkpoint, write_checkpoint
+from .config import config_hash, dump, semantic_diff
+from .metrics import MetricsFile, RunLog
+
+EVAL_BATCH = 1024
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss or gradient, ...); the message says where."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
+
+    def __init__(self, signum: int, step: int, path: Path | None) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        name = signal.Signals(signum).name
+        where = f"; checkpoint {path}" if path else ""
+        super().__init__(f"stopped by {name} after step {step}{where}; continue with --resume auto")
+
+
+@dataclass
+class RunResult:
+    """How a finished run ended."""
+
+    step: int
+    val_loss: float | None
+    val_accuracy: float | None
+    checkpoint: Path | None
+    seconds: float
+
+
+class Trainer:
+    """Train the model a resolved config describes.
+
+    ``resume`` is "auto" (continue from the newest checkpoint in the run directory that
+    verifies, else start fresh), "never" (start fresh; refuses a run directory that already
+    holds checkpoints, so nothing is overwritten), or a checkpoint path.
+    """
+
+    def __init__(self, cfg: dict[str, Any], run_dir: str | Path | None = None, resume: str = "auto",
+                 comm: Communicator | None = None, stream: IO[str] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir if run_dir is not None else cfg["run_dir"])
+        self.resume = resume
+        self.comm = comm if comm is not None else get_communicator(cfg["comm"])
+        self.stream = stream
+        self.hash = config_hash(cfg)
+        self._signal: int | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _resume_checkpoint(self) -> Checkpoint | None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        if self.resume == "never":
+            existing = list_checkpoints(ckpt_dir)
+            if existing:
+                raise CheckpointError(f"{ckpt_dir} already holds {len(existing)} checkpoint(s) of an earlier "
+                                      "run; continue it with --resume auto, or choose another --run-dir")
+            return None
+        if self.resume == "auto":
+            ckpt, warnings = latest_valid(ckpt_dir)
+            self._warnings = warnings
+        else:
+            ckpt = read_checkpoint(self.resume)
+        if ckpt is not None and ckpt.meta.get("config_hash") != self.hash:
+            diff = semantic_diff(ckpt.meta.get("config", {}), self.cfg)
+            raise CheckpointError(f"{ckpt.path} was written by another config (hash {ckpt.meta.get('config_hash')}, "
+                                  f"this run {self.hash}): " + ("; ".join(diff) or "unknown differences")
+                                  + "; use another --run-dir or --resume never")
+        return ckpt
+
+    def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
+        meta = ckpt.meta
+        names = [n for n, _ in model.named_parameters()]
+        shapes = [list(p.shape) for _, p in model.named_parameters()]
+        if meta.get("param_names") != names or meta.get("param_shapes") != shapes:
+            raise CheckpointError(f"{ckpt.path}: its parameters {list(zip(meta.get('param_names', []), meta.get('param_shapes', [])))} "
+                                  f"do not match the model's {list(zip(names, shapes))}")
+        params = ckpt.arrays["params"]
+        if params.shape != opt.flat.data.shape or params.dtype != opt.flat.data.dtype:
+            raise CheckpointError(f"{ckpt.path}: params hold {params.size} {params.dtype} values; "
+                                  f"the model has {opt.flat.numel} {opt.flat.data.dtype}")
+        opt.flat.data[...] = params
+        state = {k[len("optim."):]: v for k, v in ckpt.arrays.items() if k.startswith("optim.")}
+        state.update(meta["optimizer"]["scalars"])
+        try:
+            opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+            sched.load_state_dict(meta["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt.path}: optimizer or schedule state does not fit: {e}") from None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Train to the end (epochs or max_steps) and write the final checkpoint."""
+        t_start = time.perf_counter()
+        cfg, comm = self.cfg, self.comm
+        coordinator = comm.rank == 0
+        seed = cfg["seed"]
+        self._warnings: list[str] = []
+        ckpt = self._resume_checkpoint()
+        preprocessor = None
+        if ckpt is not None:
+            pre_state = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
+            preprocessor = Preprocessor.from_state(pre_state) if pre_state else None
+        splits = load_data(cfg["data"], seed, cfg["model"]["window"], preprocessor)
+        model = build_model(cfg, splits)
+        outputs = splits.train.num_classes or splits.train.y.shape[1]
+        loss_fn = build_loss(cfg, outputs)
+        opt = build_optimizer(cfg, model)
+        flat = opt.flat
+        tc = cfg["train"]
+        sampler = DistributedSampler(len(splits.train), tc["global_batch"], seed, comm.rank, comm.size)
+        total = tc["epochs"] * sampler.steps_per_epoch
+        if tc["max_steps"] is not None:
+            total = min(total, tc["max_steps"])
+        sched = build_scheduler(cfg, opt, total)
+        start = 0
+        if ckpt is not None:
+            self._restore(ckpt, model, opt, sched)
+            start = ckpt.step
+        # Every replica starts from the coordinator's parameters (as DDP does at construction).
+        comm.broadcast_(flat.data, root=0)
+
+        log = metrics = None
+        if coordinator:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(f"# distbp {__version__}; config hash {self.hash}\n" + dump(cfg))
+            metrics = MetricsFile(self.run_dir / "metrics.jsonl", start if ckpt is not None else None)
+            log = RunLog(self.run_dir, total, start, tc["progress"], self.stream)
+            for w in self._warnings:
+                log.info(f"warning: {w}")
+            log.info(f"distbp {__version__}: {model.num_parameters():,} parameters, {len(splits.train):,} training "
+                     f"and {len(splits.val):,} validation samples, {comm.size} worker(s), global batch "
+                     f"{tc['global_batch']}, {total} steps ({sampler.steps_per_epoch} per epoch)")
+            if ckpt is not None:
+                log.info(f"resumed from {ckpt.path} at step {start}")
+
+        dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        previous_handlers = self._install_signal_handlers()
+        val_loss = val_acc = None
+        last_ckpt: Path | None = ckpt.path if ckpt is not None else None
+        last_log_time, samples_since_log = time.perf_counter(), 0
+        step = start
+        try:
+            while step < total:
+                local_loss, batch = self._train_step(step, splits, sampler, model, loss_fn, opt, dropouts)
+                sched.step()
+                step += 1
+                samples_since_log += batch
+                is_last = step == total
+                if step % tc["log_every"] == 0 or is_last:
+                    # A collective on every worker at the same steps: the global mean loss.
+                    loss = float(comm.allreduce_sum_(np.array([local_loss]))[0])
+                    if coordinator:
+                        now = time.perf_counter()
+                        rate = samples_since_log / max(now - last_log_time, 1e-9)
+                        epoch = (step - 1) // sampler.steps_per_epoch
+                        lr = opt.param_groups[0]["lr"]
+                        metrics.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr,
+                                       "samples_per_s": round(rate, 1)})
+                        if log.bar is None:
+                            log.info(f"step {step}/{total} epoch {epoch} loss {loss:.4f} lr {lr:.3g} "
+                                     f"{rate:,.0f} samples/s")
+                        log.advance(0, {"loss": f"{loss:.4f}"})
+                    last_log_time, samples_since_log = time.perf_counter(), 0
+                if coordinator:
+                    log.advance(1)
+                    if (step % tc["eval_every"] == 0 or is_last) and len(splits.val):
+                        val_loss, val_acc = self._evaluate(model, loss_fn, splits)
+                        metrics.write({"step": step, "val_loss": val_loss, "val_accuracy": val_acc})
+                        acc = "" if val_acc is None else f" val_accuracy {val_acc:.4f}"
+                        log.info(f"eval step {step}: val_loss {val_loss:.4f}{acc}")
+                    if step % cfg["checkpoint"]["every"] == 0 or is_last or self._signal is not None:
+                        last_ckpt = self._save(step, sampler, model, opt, sched, splits)
+                if self._signal is not None and not is_last:
+                    raise Interrupted(self._signal, step, last_ckpt if coordinator else None)
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            if coordinator:
+                if log is not None:
+                    log.close()
+                metrics.close()
+        seconds = time.perf_counter() - t_start
+        if coordinator:
+            summary = {"step": step, "val_loss": val_loss, "val_accuracy": val_acc, "seconds": round(seconds, 3)}
+            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
+        return RunResult(step, val_loss, val_acc, last_ckpt, seconds)
+
+    def _train_step(self, step: int, splits: Splits, sampler: DistributedSampler, model: nn.Module,
+                    loss_fn: LossFn, opt: Any, dropouts: list[nn.Dropout]) -> tuple[float, int]:
+        """Forward and backward on this worker's slice, all-reduce, optimizer step.
+        Returns this worker's share of the global mean loss and the global batch size."""
+        idx, batch = sampler.local_indices(step)
+        start = (sampler.rank * batch) // sampler.world_size
+        for i, m in enumerate(dropouts):
+            # Masks drawn from (seed, step, layer) for the whole global batch, then sliced:
+            # the same masks for any number of workers, and no RNG state to checkpoint.
+            m.rng, m.rows = np.random.default_rng([self.cfg["seed"], step, i]), (start, batch)
+        opt.zero_grad()
+        local_loss = 0.0
+        if len(idx):
+            x = splits.train.x[idx]
+            inputs = x if x.dtype.kind in "iu" else Tensor._wrap(x)
+            loss = loss_fn(model(inputs), splits.train.y[idx], 1.0 / batch)
+            loss.backward()
+            local_loss = loss.item()
+        grad = self.comm.allreduce_sum_(opt.flat.flat_grad())
+        if not (math.isfinite(local_loss) and np.isfinite(grad.sum())):
+            self._raise_non_finite(step + 1, local_loss, model)
+        opt.step()
+        return local_loss, batch
+
+    @staticmethod
+    def _raise_non_finite(step: int, loss: float, model: nn.Module) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss}) at step {step}; lower optimizer.lr or check the data")
+        for name, p in model.named_parameters():
+            if p.grad is not None and not np.all(np.isfinite(p.grad)):
+                raise TrainingError(f"non-finite gradient at step {step} in parameter {name}; "
+                                    "lower optimizer.lr or check the data")
+        raise TrainingError(f"non-finite gradient at step {step}")
+
+    @no_grad()
+    def _evaluate(self, model: nn.Module, loss_fn: LossFn, splits: Splits) -> tuple[float, float | None]:
+        """Mean validation loss and, for classification, accuracy (dropout off)."""
+        model.eval()
+        val = splits.val
+        total_loss, correct = 0.0, 0
+        for lo in range(0, len(val), EVAL_BATCH):
+            x, y = val.x[lo:lo + EVAL_BATCH], val.y[lo:lo + EVAL_BATCH]
+            out = model(x if x.dtype.kind in "iu" else Tensor._wrap(x))
+            total_loss += loss_fn(out, y, 1.0).item()
+            if val.num_classes is not None:
+                correct += int((out.data.argmax(axis=1) == y).sum())
+        model.train()
+        accuracy = correct / len(val) if val.num_classes is not None else None
+        return total_loss / len(val), accuracy
+
+    def _save(self, step: int, sampler: DistributedSampler, model: nn.Module, opt: Any, sched: Any,
+              splits: Splits) -> Path:
+        epoch, position = sampler.position(step)
+        opt_state = opt.state_dict()
+        arrays = {"params": opt.flat.data.copy()}
+        scalars = {}
+        for k, v in opt_state["state"].items():
+            if isinstance(v, np.ndarray):
+                arrays[f"optim.{k}"] = v
+            else:
+                scalars[k] = v
+        for k, v in splits.preprocessor.state().items():
+            arrays[f"preprocess.{k}"] = np.asarray(v)
+        if splits.train.vocab is not None:
+            arrays["vocab"] = np.array(splits.train.vocab, dtype=str)
+        if splits.train.classes is not None:
+            arrays["classes"] = np.array(splits.train.classes, dtype=str)
+        meta = {
+            "epoch": epoch, "position": position, "world_size": self.comm.size,
+            "config_hash": self.hash, "config": self.cfg, "distbp_version": __version__,
+            # All randomness is derived from the seed: the epoch's permutation from
+            # (seed, epoch), dropout masks from (seed, step, layer). No generator state to save.
+            "rng": {"scheme": "derived", "seed": self.cfg["seed"]},
+            "param_names": [n for n, _ in model.named_parameters()],
+            "param_shapes": [list(p.shape) for _, p in model.named_parameters()],
+            "optimizer": {"scalars": scalars, "param_groups": opt_state["param_groups"]},
+            "scheduler": sched.state_dict(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return write_checkpoint(self.run_dir / "checkpoints", step, arrays, meta, self.cfg["checkpoint"]["keep"])
+
+    # -- signals --------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            # Only note it: the loop finishes the step in flight, checkpoints, then stops.
+            self._signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
