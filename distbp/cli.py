@@ -20,29 +20,48 @@ def _fail(prog: str, message: str, code: int) -> int:
 
 def _guard(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``; every failure becomes one message and an exit code, never a traceback
-    (set DISTBP_DEBUG=1 to see one)."""
+    (set DISTBP_DEBUG=1 to see one).
+
+    Under mpirun, errors that every rank raises together (config, rank mismatch, a signal)
+    are reported once, by rank 0. Any other error is printed with its rank and aborts the
+    whole job, so no rank is left waiting in a collective.
+    """
     from .autodiff.tensor import ShapeError
+    from .comm import MismatchError, launched_by_mpi, world_rank
     from .data import DataError
     from .train import CheckpointError, ConfigError, Interrupted, TrainingError
 
+    rank, size = world_rank(), launched_by_mpi()
+    if size > 1:
+        prog = f"{prog}[rank {rank}]"
     try:
         return body()
-    except ConfigError as e:
-        return _fail(prog, str(e).replace("\n", "\n  "), EXIT_USAGE)
+    except (ConfigError, MismatchError) as e:
+        if rank != 0:
+            return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUN_ERROR
+        code = EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUN_ERROR
+        return _fail(prog, str(e).replace("\n", "\n  "), code)
     except Interrupted as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"{prog}: {e}", file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:
+        code = _fail(prog, "interrupted", 128 + 2)
     except (DataError, CheckpointError, TrainingError, ShapeError, FileNotFoundError, ImportError) as e:
         if os.environ.get("DISTBP_DEBUG"):
             traceback.print_exc()
-        return _fail(prog, str(e), EXIT_RUN_ERROR)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted", 128 + 2)
+        code = _fail(prog, str(e), EXIT_RUN_ERROR)
     except Exception as e:  # a bug: still one line, with the way to the traceback
         if os.environ.get("DISTBP_DEBUG"):
             traceback.print_exc()
-        return _fail(prog, f"internal error {type(e).__name__}: {e} (set DISTBP_DEBUG=1 for the traceback)",
+        code = _fail(prog, f"internal error {type(e).__name__}: {e} (set DISTBP_DEBUG=1 for the traceback)",
                      EXIT_RUN_ERROR)
+    if size > 1:
+        from mpi4py import MPI
+
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(code)
+    return code
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +92,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.resume not in ("auto", "never") and not os.path.isfile(args.resume):
             raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
-        result = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).run()
+        trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume)
+        result = trainer.run()
+        if trainer.comm.rank != 0:
+            return EXIT_OK
         acc = "" if result.val_accuracy is None else f", val_accuracy {result.val_accuracy:.4f}"
         print(f"done: {result.step} steps in {result.seconds:.1f} s{acc}; checkpoint {result.checkpoint}")
         return EXIT_OK

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+class MismatchError(RuntimeError):
+    """Ranks disagree on something they must share: config hash, parameter count, or (replica
+    drift) the parameters themselves. Every rank raises it together."""
+
+
 class Communicator:
     """How the workers of one job combine gradients and agree on parameters.
 
@@ -30,6 +35,20 @@ class Communicator:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def gather_u64(self, value: int) -> "np.ndarray":
+        """Every rank's ``value`` (an unsigned 64-bit integer), in rank order, on every rank."""
+        raise NotImplementedError
+
+    def check_same(self, what: str, value: int, hint: str = "") -> None:
+        """Raise MismatchError on every rank, naming the ranks whose ``value`` differs from
+        rank 0's; a collective, so every rank must call it at the same point."""
+        values = self.gather_u64(value)
+        bad = [r for r in range(self.size) if values[r] != values[0]]
+        if bad:
+            ranks = ", ".join(f"rank {r} has {int(values[r]):x}" for r in bad)
+            raise MismatchError(f"{what} differs between ranks: rank 0 has {int(values[0]):x}, {ranks}"
+                                + (f"; {hint}" if hint else ""))
+
     def close(self) -> None:
         """Release the transport; safe to call twice."""
 
@@ -45,3 +64,6 @@ class LocalCommunicator(Communicator):
 
     def barrier(self) -> None:
         pass
+
+    def gather_u64(self, value: int) -> np.ndarray:
+        return np.array([value], dtype=np.uint64)

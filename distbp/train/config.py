@@ -98,7 +98,9 @@ SCHEMA: dict[str, Any] = {
         "after": Field("str", "constant", choices=("constant", "step", "annealing", "cosine")),
     },
     "comm": {
-        "backend": Field("str", "auto", choices=("auto", "local")),
+        "backend": Field("str", "auto", choices=("auto", "local", "mpi")),
+        "check_every": Field("int", 100, min=1),
+        "threads": Field("int", None, min=1, nullable=True),
     },
     "checkpoint": {
         "every": Field("int", 100, min=1),

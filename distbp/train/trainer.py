@@ -10,6 +10,7 @@ import math
 import signal
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -18,10 +19,11 @@ import numpy as np
 
 from .. import __version__, nn
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import Communicator, get_communicator
+from ..comm import Communicator, get_communicator, local_world, pin_blas_threads
 from ..data import DistributedSampler, Preprocessor, Splits, load_data
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
-from .checkpoint import Checkpoint, CheckpointError, latest_valid, list_checkpoints, read_checkpoint, write_checkpoint
+from .checkpoint import (Checkpoint, CheckpointError, checkpoint_name, latest_valid, list_checkpoints,
+                         read_checkpoint, write_checkpoint)
 from .config import config_hash, dump, semantic_diff
 from .metrics import MetricsFile, RunLog
 
@@ -81,8 +83,14 @@ class Trainer:
                                       "run; continue it with --resume auto, or choose another --run-dir")
             return None
         if self.resume == "auto":
-            ckpt, warnings = latest_valid(ckpt_dir)
-            self._warnings = warnings
+            # The coordinator chooses; every rank then reads that same step's file (the run
+            # directory is shared, as it is under mpirun on one host or on a cluster file system).
+            ckpt = None
+            if self.comm.rank == 0:
+                ckpt, self._warnings = latest_valid(ckpt_dir)
+            chosen = int(self.comm.gather_u64(0 if ckpt is None else ckpt.step + 1)[0]) - 1
+            if chosen >= 0 and ckpt is None:
+                ckpt = read_checkpoint(ckpt_dir / checkpoint_name(chosen))
         else:
             ckpt = read_checkpoint(self.resume)
         if ckpt is not None and ckpt.meta.get("config_hash") != self.hash:
@@ -120,6 +128,9 @@ class Trainer:
         coordinator = comm.rank == 0
         seed = cfg["seed"]
         self._warnings: list[str] = []
+        threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0] if comm.size > 1 else 1)
+        comm.check_same("config hash", int(self.hash, 16),
+                        "every rank must be started with the same config and --set overrides")
         ckpt = self._resume_checkpoint()
         preprocessor = None
         if ckpt is not None:
@@ -141,6 +152,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt, model, opt, sched)
             start = ckpt.step
+        comm.check_same("parameter count", flat.numel, "the ranks built different models")
         # Every replica starts from the coordinator's parameters (as DDP does at construction).
         comm.broadcast_(flat.data, root=0)
 
@@ -154,7 +166,8 @@ class Trainer:
                 log.info(f"warning: {w}")
             log.info(f"distbp {__version__}: {model.num_parameters():,} parameters, {len(splits.train):,} training "
                      f"and {len(splits.val):,} validation samples, {comm.size} worker(s), global batch "
-                     f"{tc['global_batch']}, {total} steps ({sampler.steps_per_epoch} per epoch)")
+                     f"{tc['global_batch']}, {total} steps ({sampler.steps_per_epoch} per epoch), "
+                     f"{threads} BLAS thread(s) per worker")
             if ckpt is not None:
                 log.info(f"resumed from {ckpt.path} at step {start}")
 
@@ -171,9 +184,16 @@ class Trainer:
                 step += 1
                 samples_since_log += batch
                 is_last = step == total
+                # One small collective per step: the global mean loss, and whether any rank was
+                # signalled, so that all ranks stop after the same step (none left waiting).
+                stats = comm.allreduce_sum_(np.array([local_loss, 0.0 if self._signal is None else 1.0]))
+                loss = float(stats[0])
+                if stats[1] > 0 and self._signal is None:
+                    self._signal = signal.SIGTERM
+                if step % cfg["comm"]["check_every"] == 0 or is_last:
+                    comm.check_same("parameter checksum", zlib.crc32(flat.data),
+                                    f"replicas diverged by step {step}")
                 if step % tc["log_every"] == 0 or is_last:
-                    # A collective on every worker at the same steps: the global mean loss.
-                    loss = float(comm.allreduce_sum_(np.array([local_loss]))[0])
                     if coordinator:
                         now = time.perf_counter()
                         rate = samples_since_log / max(now - last_log_time, 1e-9)
