@@ -47,7 +47,7 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
         return 128 + e.signum
     except KeyboardInterrupt:
         code = _fail(prog, "interrupted", 128 + 2)
-    except (DataError, CheckpointError, TrainingError, ShapeError, FileNotFoundError, ImportError) as e:
+    except (DataError, CheckpointError, TrainingError, ShapeError, OSError, ImportError) as e:
         if os.environ.get("DISTBP_DEBUG"):
             traceback.print_exc()
         code = _fail(prog, str(e), EXIT_RUN_ERROR)
@@ -114,6 +114,8 @@ def gradcheck_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest relative error that passes (default 1e-4)")
     args = parser.parse_args(argv)
+    if args.samples < 1 or args.max_elements < 0:
+        parser.error("--samples must be at least 1 and --max-elements at least 0")
 
     def body() -> int:
         from .train import load_config

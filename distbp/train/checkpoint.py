@@ -40,8 +40,9 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.npz"
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """SHA-256 of every array (name, dtype, shape, bytes) and of the meta record itself."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
@@ -55,7 +56,8 @@ def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndar
     checkpoints are untouched and the temporary file is removed. Returns the new path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta, step=step, format=FORMAT, checksum=_checksum(arrays))
+    meta = dict(meta, step=step, format=FORMAT)
+    meta["checksum"] = _checksum(arrays, meta)
     payload = dict(arrays, meta=np.array(json.dumps(meta)))
     final = directory / checkpoint_name(step)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
@@ -72,7 +74,7 @@ def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndar
             pass
         raise
     _fsync_dir(directory)
-    _prune(directory, keep)
+    _prune(directory, keep, final)
     return final
 
 
@@ -99,8 +101,11 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _prune(directory: Path, keep: int) -> None:
-    for old in list_checkpoints(directory)[:-keep]:
+def _prune(directory: Path, keep: int, newest: Path) -> None:
+    # Count back from the checkpoint just written: files of later steps (damaged ones that a
+    # resume skipped) are left alone, and never push out the one just written.
+    found = list_checkpoints(directory)
+    for old in found[:found.index(newest) + 1][:-keep]:
         old.unlink(missing_ok=True)
 
 
@@ -120,6 +125,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise CheckpointError(f"{path}: truncated or not an .npz file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a damaged zip header can surface as anything (NotImplementedError, ...)
+        raise CheckpointError(f"{path}: damaged; not a readable checkpoint ({type(e).__name__}: {e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: no 'meta' record; not a distbp checkpoint")
     try:
@@ -128,7 +135,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: unreadable meta record ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "checksum" not in meta:
         raise CheckpointError(f"{path}: meta is not a distbp checkpoint of format {FORMAT}")
-    if _checksum(arrays) != meta["checksum"]:
+    if _checksum(arrays, meta) != meta["checksum"]:
         raise CheckpointError(f"{path}: checksum mismatch; the file was altered or damaged")
     if "params" not in arrays:
         raise CheckpointError(f"{path}: no 'params' array")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data import DataError
+
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) of a run directory's metrics.jsonl."""
@@ -12,13 +14,16 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; is {run_dir} a distbp run directory?")
     train, evals = [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path}:{n}: not a JSON object") from None
+            if n == len(lines):
+                break  # the last line of a run that crashed mid-write
+            raise DataError(f"{path}:{n}: not a JSON object") from None
         (evals if "val_loss" in rec else train).append(rec)
     return train, evals
 

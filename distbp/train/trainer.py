@@ -65,8 +65,8 @@ class Trainer:
 
     def __init__(self, cfg: dict[str, Any], run_dir: str | Path | None = None, resume: str = "auto",
                  comm: Communicator | None = None, stream: IO[str] | None = None) -> None:
-        self.cfg = cfg
         self.run_dir = Path(run_dir if run_dir is not None else cfg["run_dir"])
+        self.cfg = dict(cfg, run_dir=str(self.run_dir))  # config.yaml records where it really ran
         self.resume = resume
         self.comm = comm if comm is not None else get_communicator(cfg["comm"])
         self.stream = stream
@@ -97,7 +97,7 @@ class Trainer:
             diff = semantic_diff(ckpt.meta.get("config", {}), self.cfg)
             raise CheckpointError(f"{ckpt.path} was written by another config (hash {ckpt.meta.get('config_hash')}, "
                                   f"this run {self.hash}): " + ("; ".join(diff) or "unknown differences")
-                                  + "; use another --run-dir or --resume never")
+                                  + "; resume with the config that wrote it, or train into another --run-dir")
         return ckpt
 
     def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
@@ -242,14 +242,19 @@ class Trainer:
             m.rng, m.rows = np.random.default_rng([self.cfg["seed"], step, i]), (start, batch)
         opt.zero_grad()
         local_loss = 0.0
-        if len(idx):
-            x = splits.train.x[idx]
-            inputs = x if x.dtype.kind in "iu" else Tensor._wrap(x)
-            loss = loss_fn(model(inputs), splits.train.y[idx], 1.0 / batch)
-            loss.backward()
-            local_loss = loss.item()
-        grad = self.comm.allreduce_sum_(opt.flat.flat_grad())
-        if not (math.isfinite(local_loss) and np.isfinite(grad.sum())):
+        # Overflow is caught by the finiteness check below, with the step and parameter named;
+        # numpy's RuntimeWarnings would only bury that message under lines from deep inside.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if len(idx):
+                x = splits.train.x[idx]
+                inputs = x if x.dtype.kind in "iu" else Tensor._wrap(x)
+                loss = loss_fn(model(inputs), splits.train.y[idx], 1.0 / batch)
+                loss.backward()
+                local_loss = loss.item()
+            grad = self.comm.allreduce_sum_(opt.flat.flat_grad())
+            # One cheap pass; the sum of large finite values can overflow, so confirm elementwise.
+            finite = math.isfinite(local_loss) and (np.isfinite(grad.sum()) or bool(np.isfinite(grad).all()))
+        if not finite:
             self._raise_non_finite(step + 1, local_loss, model)
         opt.step()
         return local_loss, batch
