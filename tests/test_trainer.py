@@ -514,3 +514,13 @@ def test_keep_one_with_a_damaged_newer_checkpoint_still_saves(tmp_path, monkeypa
     result, out = _run(d, "checkpoint.keep=1")
     assert "resumed from" in out and "at step 7" in out
     assert np.array_equal(_final_params(d), _final_params(tmp_path / "full"))
+
+
+def test_extending_a_cosine_run_warns_that_its_horizon_moves(tmp_path):
+    run = tmp_path / "run"
+    _run(run, "schedule.name=cosine", "train.max_steps=10")
+    _, out = _run(run, "schedule.name=cosine", "train.max_steps=20")
+    assert "horizon follows the run's length, now 20 steps instead of 10" in out
+    _, out = _run(tmp_path / "fixed", "schedule.name=cosine", "schedule.t_max=30", "train.max_steps=10")
+    _, out = _run(tmp_path / "fixed", "schedule.name=cosine", "schedule.t_max=30", "train.max_steps=20")
+    assert "horizon" not in out

@@ -148,6 +148,11 @@ class Trainer:
         if tc["max_steps"] is not None:
             total = min(total, tc["max_steps"])
         sched = build_scheduler(cfg, opt, total)
+        self._total = total
+        if ckpt is not None and ckpt.meta.get("total_steps", total) != total and \
+                cfg["schedule"]["t_max"] is None and "cosine" in (cfg["schedule"]["name"], cfg["schedule"]["after"]):
+            self._warnings.append(f"the cosine schedule's horizon follows the run's length, now {total} steps "
+                                  f"instead of {ckpt.meta['total_steps']}; set schedule.t_max to keep it fixed")
         start = 0
         if ckpt is not None:
             self._restore(ckpt, model, opt, sched)
@@ -312,6 +317,7 @@ class Trainer:
             "param_shapes": [list(p.shape) for _, p in model.named_parameters()],
             "optimizer": {"scalars": scalars, "param_groups": opt_state["param_groups"]},
             "scheduler": sched.state_dict(),
+            "total_steps": self._total,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return write_checkpoint(self.run_dir / "checkpoints", step, arrays, meta, self.cfg["checkpoint"]["keep"])
