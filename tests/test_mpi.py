@@ -157,3 +157,11 @@ def test_blas_threads_are_split_between_ranks(tmp_path):
     assert f"{max(1, cpu_count() // 2)} BLAS thread(s) per worker" in res.stdout
     res = mpirun(2, tmp_path / "pinned", "--set", "comm.threads=1")
     assert "1 BLAS thread(s) per worker" in res.stdout
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_overlapped_buckets_match_the_single_process_run(n, tmp_path, single):
+    # bucket_mb tiny: one bucket per parameter, each all-reduced as soon as backward has it.
+    res = mpirun(n, tmp_path, "--set", "comm.overlap=true", "--set", "comm.bucket_mb=0.0001")
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(final_params(tmp_path), single, rtol=0, atol=1e-5)

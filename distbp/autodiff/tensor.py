@@ -182,7 +182,8 @@ class Tensor:
         return f"tensor({np.array2string(self.data, separator=', ', threshold=20)}, dtype={self.dtype}{grad})"
 
     # -- gradients ------------------------------------------------------------------------
-    def _accumulate_grad(self, g: np.ndarray) -> None:
+    def _accumulate_grad(self, g: np.ndarray, final: bool = True) -> None:
+        """Add one contribution to ``.grad``; ``final`` marks the last one of this backward."""
         if self.grad is None:
             # A copy: g may be another node's gradient or a read-only broadcast view.
             self.grad = np.array(g, dtype=self.data.dtype)
@@ -211,32 +212,42 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ShapeError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
 
-        order = _topological_order(self)
+        order, leaf_uses = _topological_order(self)
+        if self._record is None:  # backward() of a leaf: its gradient is the seed itself
+            self._accumulate_grad(grad)
+            return
         grads: dict[int, np.ndarray] = {id(self): grad}
         while order:
             node = order.pop()  # outputs come off first
-            g = grads.pop(id(node), None)
             record = node._record
             if record is None:
-                if g is not None:
-                    node._accumulate_grad(g)
-                continue
+                continue  # a leaf: its consumers already handed it its gradient
             node._record = _FREED
+            g = grads.pop(id(node))
             prim, parents, args, kwargs = record
             for argnum, parent in parents:
                 pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
                 key = id(parent)
-                prev = grads.get(key)
-                # Not in place: pg may alias g or another node's gradient.
-                grads[key] = pg if prev is None else prev + pg
+                if parent._record is None:
+                    # Leaves take each contribution at once, so a parameter's gradient is final
+                    # right after its last consumer (and the overlapped all-reduce of its bucket
+                    # can start) rather than wherever the depth-first order put the leaf.
+                    leaf_uses[key] -= 1
+                    parent._accumulate_grad(pg, final=leaf_uses[key] == 0)
+                else:
+                    prev = grads.get(key)
+                    # Not in place: pg may alias g or another node's gradient.
+                    grads[key] = pg if prev is None else prev + pg
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Inputs before outputs, by an explicit-stack depth-first search (no recursion limit)."""
+def _topological_order(root: Tensor) -> tuple[list[Tensor], dict[int, int]]:
+    """Inputs before outputs, by an explicit-stack depth-first search (no recursion limit),
+    and for each leaf the number of edges that reach it (its contributions to come)."""
     if root._record is _FREED:
         raise RuntimeError("backward() through a graph that was already freed: "
                            "each forward pass supports one backward()")
     order: list[Tensor] = []
+    leaf_uses: dict[int, int] = {}
     seen: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
     while stack:
@@ -254,9 +265,11 @@ def _topological_order(root: Tensor) -> list[Tensor]:
                                "each forward pass supports one backward()")
         if record is not None:
             for _, parent in record[1]:
+                if parent._record is None:
+                    leaf_uses[id(parent)] = leaf_uses.get(id(parent), 0) + 1
                 if id(parent) not in seen:
                     stack.append((parent, False))
-    return order
+    return order, leaf_uses
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -31,6 +33,17 @@ class Communicator:
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite ``flat`` on every worker with root's values, in place; returns it."""
         raise NotImplementedError
+
+    def iallreduce_sum_(self, view: np.ndarray) -> Any:
+        """Start summing ``view`` in place over all workers; returns a handle for wait_all."""
+        raise NotImplementedError
+
+    def test_all(self, handles: list[Any]) -> bool:
+        """Let pending operations progress; whether all are done."""
+        return True
+
+    def wait_all(self, handles: list[Any]) -> None:
+        """Block until every handle's operation is complete."""
 
     def barrier(self) -> None:
         raise NotImplementedError
@@ -64,6 +77,9 @@ class LocalCommunicator(Communicator):
 
     def barrier(self) -> None:
         pass
+
+    def iallreduce_sum_(self, view: np.ndarray) -> None:
+        return None
 
     def gather_u64(self, value: int) -> np.ndarray:
         return np.array([value], dtype=np.uint64)

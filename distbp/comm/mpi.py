@@ -56,6 +56,15 @@ class MPICommunicator(Communicator):
         self._comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
         return flat
 
+    def iallreduce_sum_(self, view: np.ndarray) -> object:
+        return self._comm.Iallreduce(self._MPI.IN_PLACE, view, op=self._MPI.SUM)
+
+    def test_all(self, handles: list) -> bool:
+        return self._MPI.Request.Testall(handles)
+
+    def wait_all(self, handles: list) -> None:
+        self._MPI.Request.Waitall(handles)
+
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
         self._comm.Bcast(flat, root=root)
         return flat

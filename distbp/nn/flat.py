@@ -4,7 +4,7 @@ with a constant number of numpy calls per step, however many layers the model ha
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -33,8 +33,11 @@ class FlatParameters:
         self.grad = np.zeros_like(self.data)
         self.generation = 0
         self.written = 0  # parameters whose gradient view holds this generation's gradient
-        for p, start, n in zip(params, self.offsets, sizes):
-            p._bind(self, self.data[start:start + n].reshape(p.shape),
+        # Called with a parameter's index when backward has written its final gradient (the
+        # walk accumulates each leaf once); the overlapped all-reduce starts buckets from it.
+        self.on_grad_ready: Callable[[int], None] | None = None
+        for i, (p, start, n) in enumerate(zip(params, self.offsets, sizes)):
+            p._bind(self, i, self.data[start:start + n].reshape(p.shape),
                     self.grad[start:start + n].reshape(p.shape))
 
     @property

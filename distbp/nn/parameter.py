@@ -67,23 +67,26 @@ class Parameter(Tensor):
             np.copyto(self._grad_view, value)
             flat._claim(self)
 
-    def _accumulate_grad(self, g: np.ndarray) -> None:
+    def _accumulate_grad(self, g: np.ndarray, final: bool = True) -> None:
         flat = self._flat
         if flat is None:
             Tensor._accumulate_grad(self, g)
-        elif flat._claim(self):
-            self._grad_view += g
         else:
-            # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
-            np.copyto(self._grad_view, g)
+            if flat._claim(self):
+                self._grad_view += g
+            else:
+                # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
+                np.copyto(self._grad_view, g)
+            if final and flat.on_grad_ready is not None:
+                flat.on_grad_ready(self._index)
 
-    def _bind(self, flat: FlatParameters, data_view: np.ndarray, grad_view: np.ndarray) -> None:
+    def _bind(self, flat: FlatParameters, index: int, data_view: np.ndarray, grad_view: np.ndarray) -> None:
         np.copyto(data_view, _data_slot.__get__(self, Parameter))
         old_grad = self.grad
         self._flat = None
         _data_slot.__set__(self, data_view)
         _grad_slot.__set__(self, None)
-        self._flat, self._grad_view, self._grad_gen = flat, grad_view, -1
+        self._flat, self._grad_view, self._grad_gen, self._index = flat, grad_view, -1, index
         if old_grad is not None:
             self.grad = old_grad
 

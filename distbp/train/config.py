@@ -100,6 +100,8 @@ SCHEMA: dict[str, Any] = {
     "comm": {
         "backend": Field("str", "auto", choices=("auto", "local", "mpi")),
         "check_every": Field("int", 100, min=1),
+        "overlap": Field("bool", False),
+        "bucket_mb": Field("float", 1.0, min=0.0, min_open=True),
         "threads": Field("int", None, min=1, nullable=True),
     },
     "checkpoint": {

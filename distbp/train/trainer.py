@@ -20,6 +20,7 @@ import numpy as np
 from .. import __version__, nn
 from ..autodiff.tensor import Tensor, no_grad
 from ..comm import Communicator, get_communicator, local_world, pin_blas_threads
+from ..comm.buckets import BucketedAllreduce
 from ..data import DistributedSampler, Preprocessor, Splits, load_data
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
 from .checkpoint import (Checkpoint, CheckpointError, checkpoint_name, latest_valid, list_checkpoints,
@@ -158,6 +159,10 @@ class Trainer:
             self._restore(ckpt, model, opt, sched)
             start = ckpt.step
         comm.check_same("parameter count", flat.numel, "the ranks built different models")
+        self._reducer = None
+        if cfg["comm"]["overlap"] and comm.size > 1:
+            self._reducer = BucketedAllreduce(comm, flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
+            flat.on_grad_ready = self._reducer.ready
         # Every replica starts from the coordinator's parameters (as DDP does at construction).
         comm.broadcast_(flat.data, root=0)
 
@@ -223,6 +228,7 @@ class Trainer:
                 if self._signal is not None and not is_last:
                     raise Interrupted(self._signal, step, last_ckpt if coordinator else None)
         finally:
+            flat.on_grad_ready = None
             self._restore_signal_handlers(previous_handlers)
             if coordinator:
                 if log is not None:
@@ -256,7 +262,8 @@ class Trainer:
                 loss = loss_fn(model(inputs), splits.train.y[idx], 1.0 / batch)
                 loss.backward()
                 local_loss = loss.item()
-            grad = self.comm.allreduce_sum_(opt.flat.flat_grad())
+            grad = opt.flat.flat_grad()
+            grad = self._reducer.finish() if self._reducer is not None else self.comm.allreduce_sum_(grad)
             # One cheap pass; the sum of large finite values can overflow, so confirm elementwise.
             finite = math.isfinite(local_loss) and (np.isfinite(grad.sum()) or bool(np.isfinite(grad).all()))
         if not finite:
