@@ -16,7 +16,7 @@ from .autodiff.random import default_rng
 from .autodiff.tensor import ShapeError, Tensor
 
 __all__ = [
-    "relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "softsign", "softmax", "log_softmax",
+    "linear", "relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "softsign", "softmax", "log_softmax",
     "cross_entropy", "multi_margin", "max_margin", "mse_loss", "dropout", "embedding", "concat",
     "stack",
 ]
@@ -39,6 +39,11 @@ def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
 def softsign(x: Tensor) -> Tensor:
     """x / (1 + |x|)."""
     return x / (ops.abs_(x) + 1.0)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight + bias with weight of shape (in, out), as one op (the bias added in place)."""
+    return ops.linear(x, weight, bias) if bias is not None else x @ weight
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -83,8 +88,7 @@ def _class_targets(scores: Tensor, targets: Any, fn: str) -> np.ndarray:
 def cross_entropy(logits: Tensor, targets: Any, reduction: str = "mean") -> Tensor:
     """Softmax cross-entropy: -log softmax(logits)[target], for (N, C) logits and N indices."""
     t = _class_targets(logits, targets, "cross_entropy")
-    picked = log_softmax(logits, axis=1)[np.arange(len(t)), t]
-    return _reduce(-picked, reduction)
+    return _reduce(ops.cross_entropy(logits, targets=t), reduction)
 
 
 def multi_margin(scores: Tensor, targets: Any, margin: float = 1.0, reduction: str = "mean") -> Tensor:

@@ -128,6 +128,9 @@ MATMUL_SHAPES = [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
                  ((3, 4), (2, 4, 5))]
 for sa, sb in MATMUL_SHAPES:
     case(f"matmul-{sa}-{sb}", lambda a, b: a @ b, np.matmul, normal(*sa), normal(*sb))
+for sx in [(5, 3), (2, 4, 3), (3,)]:
+    case(f"linear-{sx}", lambda x, w, b: F.linear(x, w, b), lambda x, w, b: x @ w + b,
+         normal(*sx), normal(3, 4), normal(4))
 case("matmul-array-left", lambda b: np.arange(6.0).reshape(2, 3) @ b, lambda b: np.arange(6.0).reshape(2, 3) @ b,
      normal(3, 4))
 

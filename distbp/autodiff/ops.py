@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tensor import Primitive, Tensor, apply
+from .tensor import Primitive, Tensor, apply, unbroadcast
 
 
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
@@ -31,7 +31,9 @@ def _expand(g: np.ndarray, shape: tuple[int, ...], axis: Any, keepdims: bool) ->
 
 
 # -- arithmetic ---------------------------------------------------------------------------
-add = Primitive("add", np.add, lambda g, ans, a, b: g, lambda g, ans, a, b: g)
+add = Primitive("add", np.add, lambda g, ans, a, b: g, lambda g, ans, a, b: g,
+                into={0: lambda out, g, ans, a, b: unbroadcast(g, out.shape, out),
+                      1: lambda out, g, ans, a, b: unbroadcast(g, out.shape, out)})
 subtract = Primitive("subtract", np.subtract, lambda g, ans, a, b: g, lambda g, ans, a, b: -g)
 multiply = Primitive("multiply", np.multiply, lambda g, ans, a, b: g * b, lambda g, ans, a, b: g * a)
 divide = Primitive("divide", np.true_divide,
@@ -72,7 +74,43 @@ def _matmul_vjp_b(g, ans, a, b):
     return gb[..., 0] if b.ndim == 1 else gb
 
 
-matmul = Primitive("matmul", np.matmul, _matmul_vjp_a, _matmul_vjp_b)
+def _matmul_into_b(out, g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:
+        np.matmul(a.T, g, out=out)  # the weight gradient of a Linear layer, straight into place
+    else:
+        unbroadcast(_matmul_vjp_b(g, ans, a, b), out.shape, out)
+
+
+matmul = Primitive("matmul", np.matmul, _matmul_vjp_a, _matmul_vjp_b, into={1: _matmul_into_b})
+
+
+# x @ w + b in one op: the bias is added in place to the product's fresh array, and the
+# weight and bias gradients go straight into the flat gradient buffer. Inputs with more than
+# two dimensions are treated as a batch of rows.
+def _linear(x, w, b):
+    y = np.matmul(x, w)
+    y += b
+    return y
+
+
+def _rows(g, x):
+    return g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+
+
+def _linear_into_w(out, g, ans, x, w, b):
+    g2, x2 = _rows(g, x)
+    np.matmul(x2.T, g2, out=out)
+
+
+def _linear_into_b(out, g, ans, x, w, b):
+    np.sum(g.reshape(-1, g.shape[-1]), axis=0, out=out)
+
+
+linear = Primitive("linear", _linear,
+                   lambda g, ans, x, w, b: g @ w.T,
+                   lambda g, ans, x, w, b: _rows(g, x)[1].T @ _rows(g, x)[0],
+                   lambda g, ans, x, w, b: g.reshape(-1, g.shape[-1]).sum(axis=0),
+                   into={1: _linear_into_w, 2: _linear_into_b})
 
 
 # -- elementwise functions ----------------------------------------------------------------
@@ -103,6 +141,20 @@ log_softmax = Primitive("log_softmax", _log_softmax,
                         lambda g, ans, a, axis: g - np.exp(ans) * g.sum(axis=axis, keepdims=True))
 
 
+# Per-sample softmax cross-entropy, -log softmax(s)[t], for (N, C) scores and N class indices:
+# one op whose VJP is the textbook (softmax(s) - onehot(t)) * g.
+def _cross_entropy_vjp(g, ans, s, targets):
+    grad = np.exp(_log_softmax(s, 1))
+    grad[np.arange(len(targets)), targets] -= 1
+    grad *= g[:, None]
+    return grad
+
+
+cross_entropy = Primitive("cross_entropy",
+                          lambda s, targets: -_log_softmax(s, 1)[np.arange(len(targets)), targets],
+                          _cross_entropy_vjp)
+
+
 # -- reductions ---------------------------------------------------------------------------
 def _max_vjp(g, ans, a, axis, keepdims):
     # Ties share the gradient equally, so the VJP is the same whichever maximum is picked.
@@ -123,8 +175,8 @@ def _is_basic_index(index: Any) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
 
 
-def _getitem_vjp(g, ans, a, index):
-    out = np.zeros(a.shape, dtype=g.dtype)
+def _scatter(out, g, ans, a, index):
+    out.fill(0)
     if _is_basic_index(index):
         out[index] = g
     else:
@@ -138,7 +190,9 @@ transpose = Primitive("transpose", lambda a, axes: np.transpose(a, axes),
                       # axes modulo ndim: argsort of negative axes would not invert the permutation.
                       lambda g, ans, a, axes: np.transpose(g, None if axes is None
                                                            else np.argsort(np.mod(axes, a.ndim))))
-getitem = Primitive("getitem", lambda a, index: a[index], _getitem_vjp)
+getitem = Primitive("getitem", lambda a, index: a[index],
+                    lambda g, ans, a, index: _scatter(np.empty(a.shape, g.dtype), g, ans, a, index),
+                    into={0: _scatter})
 
 
 def _concat_vjp(argnum, g, ans, *arrays, axis):

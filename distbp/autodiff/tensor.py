@@ -62,13 +62,19 @@ class Primitive:
     in the shape of the broadcast result; ``backward`` undoes the broadcasting. Ops with any
     number of inputs (concat, stack) give ``vjp_argnum(i, g, ans, *args, **kwargs)`` instead.
     Keyword arguments are never differentiated (axes, indices, exponents, slopes).
+
+    ``into[i](out, g, ans, *args, **kwargs)``, where given, writes argument i's gradient,
+    already summed to the argument's shape, into ``out``: backward uses it to write a
+    parameter's gradient straight into the flat gradient buffer (``np.matmul(a.T, g, out=...)``)
+    instead of making it and copying it there.
     """
 
-    __slots__ = ("name", "fwd", "vjps", "vjp_argnum")
+    __slots__ = ("name", "fwd", "vjps", "vjp_argnum", "into")
 
     def __init__(self, name: str, fwd: Callable[..., np.ndarray], *vjps: Callable | None,
-                 vjp_argnum: Callable | None = None) -> None:
+                 vjp_argnum: Callable | None = None, into: dict[int, Callable] | None = None) -> None:
         self.name, self.fwd, self.vjps, self.vjp_argnum = name, fwd, vjps, vjp_argnum
+        self.into = into or {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> "Tensor":
         return apply(self, *args, **kwargs)
@@ -104,17 +110,20 @@ def apply(prim: Primitive, *args: Any, **kwargs: Any) -> "Tensor":
     return result
 
 
-def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum ``g`` down to ``shape``: the one place where numpy broadcasting is undone."""
+def unbroadcast(g: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """Sum ``g`` down to ``shape``: the one place where numpy broadcasting is undone. With
+    ``out`` (a contiguous array of ``shape``) the result is written there."""
     if g.shape == shape:
-        return g
+        if out is None:
+            return g
+        np.copyto(out, g)
+        return out
     extra = g.ndim - len(shape)
-    if extra > 0:
-        g = g.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g
+    axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
+    if out is None:
+        return g.sum(axis=axes).reshape(shape)
+    np.sum(g, axis=axes, out=out.reshape([d for i, d in enumerate(g.shape) if i not in axes]))
+    return out
 
 
 class Tensor:
@@ -193,6 +202,14 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
+    def _grad_slot(self) -> np.ndarray | None:
+        """An array backward may write this leaf's first gradient into directly (Parameters in a
+        flat buffer give their gradient view); None for plain tensors."""
+        return None
+
+    def _grad_slot_written(self, final: bool) -> None:
+        """Backward wrote the first contribution into ``_grad_slot()``."""
+
     def backward(self, grad: Any = None) -> None:
         """Reverse-mode sweep from this tensor: fill ``.grad`` of every leaf that requires grad.
 
@@ -226,15 +243,23 @@ class Tensor:
             g = grads.pop(id(node))
             prim, parents, args, kwargs = record
             for argnum, parent in parents:
-                pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
                 key = id(parent)
                 if parent._record is None:
                     # Leaves take each contribution at once, so a parameter's gradient is final
                     # right after its last consumer (and the overlapped all-reduce of its bucket
                     # can start) rather than wherever the depth-first order put the leaf.
                     leaf_uses[key] -= 1
-                    parent._accumulate_grad(pg, final=leaf_uses[key] == 0)
+                    final = leaf_uses[key] == 0
+                    into = prim.into.get(argnum)
+                    slot = parent._grad_slot() if into is not None else None
+                    if slot is not None:
+                        into(slot, g, node.data, *args, **kwargs)
+                        parent._grad_slot_written(final)
+                    else:
+                        parent._accumulate_grad(unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs),
+                                                            parent.data.shape), final=final)
                 else:
+                    pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
                     prev = grads.get(key)
                     # Not in place: pg may alias g or another node's gradient.
                     grads[key] = pg if prev is None else prev + pg

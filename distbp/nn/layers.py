@@ -26,8 +26,7 @@ class Linear(Module):
         if x.shape[-1:] != (self.in_features,):
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape "
                              f"{x.shape} has {x.shape[-1] if x.ndim else 0} features, expected {self.in_features}")
-        y = x @ self.weight
-        return y + self.bias if self.bias is not None else y
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from .flat import FlatParameters
 
 # Tensor keeps data and grad in slots; Parameter's properties reach them through these.
-_data_slot = Tensor.data
-_grad_slot = Tensor.grad
+_DATA_SLOT = Tensor.data
+_GRAD_SLOT = Tensor.grad
 
 
 class Parameter(Tensor):
@@ -33,14 +33,14 @@ class Parameter(Tensor):
 
     @property
     def data(self) -> np.ndarray:
-        return _data_slot.__get__(self, Parameter)
+        return _DATA_SLOT.__get__(self, Parameter)
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
         if self._flat is None:
-            _data_slot.__set__(self, value)
+            _DATA_SLOT.__set__(self, value)
             return
-        view = _data_slot.__get__(self, Parameter)
+        view = _DATA_SLOT.__get__(self, Parameter)
         if np.shape(value) != view.shape:
             raise ShapeError(f"cannot assign an array of shape {np.shape(value)} to a parameter "
                              f"of shape {view.shape}")
@@ -50,14 +50,14 @@ class Parameter(Tensor):
     def grad(self) -> np.ndarray | None:
         flat = self._flat
         if flat is None:
-            return _grad_slot.__get__(self, Parameter)
+            return _GRAD_SLOT.__get__(self, Parameter)
         return self._grad_view if self._grad_gen == flat.generation else None
 
     @grad.setter
     def grad(self, value: np.ndarray | None) -> None:
         flat = self._flat
         if flat is None:
-            _grad_slot.__set__(self, value)
+            _GRAD_SLOT.__set__(self, value)
         elif value is None:
             flat._release(self)
         else:
@@ -72,20 +72,30 @@ class Parameter(Tensor):
         if flat is None:
             Tensor._accumulate_grad(self, g)
         else:
-            if flat._claim(self):
+            slot = self._grad_slot()
+            if slot is None:
                 self._grad_view += g
             else:
                 # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
-                np.copyto(self._grad_view, g)
-            if final and flat.on_grad_ready is not None:
-                flat.on_grad_ready(self._index)
+                np.copyto(slot, g)
+            self._grad_slot_written(final)
+
+    def _grad_slot(self) -> np.ndarray | None:
+        flat = self._flat
+        return self._grad_view if flat is not None and self._grad_gen != flat.generation else None
+
+    def _grad_slot_written(self, final: bool) -> None:
+        flat = self._flat
+        flat._claim(self)
+        if final and flat.on_grad_ready is not None:
+            flat.on_grad_ready(self._index)
 
     def _bind(self, flat: FlatParameters, index: int, data_view: np.ndarray, grad_view: np.ndarray) -> None:
-        np.copyto(data_view, _data_slot.__get__(self, Parameter))
+        np.copyto(data_view, _DATA_SLOT.__get__(self, Parameter))
         old_grad = self.grad
         self._flat = None
-        _data_slot.__set__(self, data_view)
-        _grad_slot.__set__(self, None)
+        _DATA_SLOT.__set__(self, data_view)
+        _GRAD_SLOT.__set__(self, None)
         self._flat, self._grad_view, self._grad_gen, self._index = flat, grad_view, -1, index
         if old_grad is not None:
             self.grad = old_grad
@@ -95,8 +105,8 @@ class Parameter(Tensor):
         if self._flat is not None:
             data, grad = self.data.copy(), self.grad
             self._flat, self._grad_view, self._grad_gen = None, None, -1
-            _data_slot.__set__(self, data)
-            _grad_slot.__set__(self, None if grad is None else grad.copy())
+            _DATA_SLOT.__set__(self, data)
+            _GRAD_SLOT.__set__(self, None if grad is None else grad.copy())
 
     def __repr__(self) -> str:
         return "Parameter(" + super().__repr__() + ")"
