@@ -165,3 +165,17 @@ def test_overlapped_buckets_match_the_single_process_run(n, tmp_path, single):
     res = mpirun(n, tmp_path, "--set", "comm.overlap=true", "--set", "comm.bucket_mb=0.0001")
     assert res.returncode == 0, res.stderr
     np.testing.assert_allclose(final_params(tmp_path), single, rtol=0, atol=1e-5)
+
+
+def test_the_readme_main_job_four_workers_on_the_default_config(tmp_path):
+    """README command 1 after set-up: mpirun -n 4 distbp-train, from an empty directory."""
+    import json
+    res = subprocess.run([str(Path(sys.executable).parent / "mpirun"), "-n", "4",
+                          str(Path(sys.executable).parent / "distbp-train")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "runs" / "digits-mlp"
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in line]
+    assert evals[-1]["val_accuracy"] >= 0.97
+    assert "4 worker(s)" in res.stdout and res.stderr == ""
+    assert (run / "checkpoints" / "step-00000390.npz").is_file()
