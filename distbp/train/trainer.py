@@ -56,6 +56,23 @@ class RunResult:
     seconds: float
 
 
+@dataclass
+class _Run:
+    """What ``Trainer._setup`` builds for the loop."""
+
+    splits: Splits
+    model: nn.Module
+    loss_fn: LossFn
+    opt: Any
+    sched: Any
+    sampler: DistributedSampler
+    total: int
+    start: int
+    checkpoint: Path | None
+    log: RunLog | None
+    metrics: MetricsFile | None
+
+
 class Trainer:
     """Train the model a resolved config describes.
 
@@ -125,6 +142,19 @@ class Trainer:
     def run(self) -> RunResult:
         """Train to the end (epochs or max_steps) and write the final checkpoint."""
         t_start = time.perf_counter()
+        s = self._setup()
+        result = self._loop(s)
+        result.seconds = time.perf_counter() - t_start
+        if self.comm.rank == 0:
+            summary = {"step": result.step, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy,
+                       "seconds": round(result.seconds, 3)}
+            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
+        return result
+
+    def _setup(self) -> "_Run":
+        """Data, model, optimizer and schedule, restored from a checkpoint when resuming, with
+        the ranks' agreement checked; the coordinator opens the run directory."""
         cfg, comm = self.cfg, self.comm
         coordinator = comm.rank == 0
         seed = cfg["seed"]
@@ -180,13 +210,20 @@ class Trainer:
                      f"{threads} BLAS thread(s) per worker")
             if ckpt is not None:
                 log.info(f"resumed from {ckpt.path} at step {start}")
+        return _Run(splits, model, loss_fn, opt, sched, sampler, total, start,
+                    ckpt.path if ckpt is not None else None, log, metrics)
 
+    def _loop(self, s: "_Run") -> RunResult:
+        cfg, comm, tc = self.cfg, self.comm, self.cfg["train"]
+        coordinator = comm.rank == 0
+        splits, model, loss_fn, opt, sched, sampler = s.splits, s.model, s.loss_fn, s.opt, s.sched, s.sampler
+        flat, total, log, metrics = opt.flat, s.total, s.log, s.metrics
         dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
         previous_handlers = self._install_signal_handlers()
         val_loss = val_acc = None
-        last_ckpt: Path | None = ckpt.path if ckpt is not None else None
+        last_ckpt = s.checkpoint
         last_log_time, samples_since_log = time.perf_counter(), 0
-        step = start
+        step = s.start
         try:
             while step < total:
                 local_loss, batch = self._train_step(step, splits, sampler, model, loss_fn, opt, dropouts)
@@ -231,15 +268,9 @@ class Trainer:
             flat.on_grad_ready = None
             self._restore_signal_handlers(previous_handlers)
             if coordinator:
-                if log is not None:
-                    log.close()
+                log.close()
                 metrics.close()
-        seconds = time.perf_counter() - t_start
-        if coordinator:
-            summary = {"step": step, "val_loss": val_loss, "val_accuracy": val_acc, "seconds": round(seconds, 3)}
-            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
-        return RunResult(step, val_loss, val_acc, last_ckpt, seconds)
+        return RunResult(step, val_loss, val_acc, last_ckpt, 0.0)
 
     def _train_step(self, step: int, splits: Splits, sampler: DistributedSampler, model: nn.Module,
                     loss_fn: LossFn, opt: Any, dropouts: list[nn.Dropout]) -> tuple[float, int]:
