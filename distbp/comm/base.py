@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import zlib
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,18 +14,61 @@ class MismatchError(RuntimeError):
 
 
 class Communicator:
-    """How the workers of one job combine gradients and agree on parameters.
+    """How the processes of one job combine gradients and agree on parameters.
 
-    Every worker scales its loss by 1/global_batch, so ``allreduce_sum_`` of the flat
-    gradient buffers is the gradient of the global mean loss. Rank 0 is the coordinator.
+    ``rank`` and ``size`` say which slice of every global batch this process computes
+    gradients for (worker ``rank`` of ``size``). Every worker scales its loss by
+    1/global_batch, so the sum of the workers' gradients is the gradient of the global mean
+    loss. The coordinator logs, evaluates and writes checkpoints.
+
+    The Trainer calls, in order: ``handshake`` (same config everywhere), ``agree_u64`` (the
+    step to start from), ``check_same`` (same model size), ``broadcast_`` (the coordinator's
+    parameters), then per step ``sync_step`` and every few steps ``check_replicas``. The
+    collective transports (local, MPI) implement them with collectives; the parameter server
+    overrides them with messages.
     """
 
     rank: int = 0
     size: int = 1
+    computes_gradients = True  # False for a parameter server, which only combines them
+    replicates_optimizer = True  # False for parameter-server workers: the server owns it
 
     @property
     def is_coordinator(self) -> bool:
         return self.rank == 0
+
+    def handshake(self, config_hash: str) -> None:
+        """Fail on every process, naming the rank, unless all run the same config."""
+        self.check_same("config hash", int(config_hash, 16),
+                        "every rank must be started with the same config and --set overrides")
+
+    def agree_u64(self, value: int) -> int:
+        """The coordinator's ``value`` (an unsigned 64-bit integer), on every process."""
+        return int(self.gather_u64(value)[0])
+
+    def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
+                  stats: np.ndarray) -> np.ndarray:
+        """One step's exchange. On entry ``grad`` holds this worker's gradient and ``stats``
+        its small per-step numbers (loss, stop flag); on return every process holds the
+        updated parameters in ``params``, and the stats summed over workers are returned.
+        ``update`` applies the optimizer to the summed gradient in ``grad``."""
+        self.reduce_gradients_(grad)
+        update()
+        return self.allreduce_sum_(stats)
+
+    def reduce_gradients_(self, grad: np.ndarray) -> np.ndarray:
+        """Sum the flat gradient buffer over workers, in place (overlapped buckets if set)."""
+        return self.allreduce_sum_(grad)
+
+    def overlap(self, grad: np.ndarray, offsets: np.ndarray, bucket_bytes: int) -> Callable[[int], None] | None:
+        """Prepare to reduce gradient buckets while backward runs; returns the hook backward
+        calls with a parameter's index when its gradient is final, or None where the
+        transport has nothing to overlap."""
+        return None
+
+    def check_replicas(self, params: np.ndarray, step: int) -> None:
+        """Fail, naming the rank, if any replica's parameters differ from the coordinator's."""
+        self.check_same("parameter checksum", zlib.crc32(params), f"replicas diverged by step {step}")
 
     def allreduce_sum_(self, flat: np.ndarray) -> np.ndarray:
         """Sum ``flat`` over all workers, in place; returns it."""

@@ -51,10 +51,22 @@ class MPICommunicator(Communicator):
         self._comm = MPI.COMM_WORLD
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
+        self._buckets = None
 
     def allreduce_sum_(self, flat: np.ndarray) -> np.ndarray:
         self._comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
         return flat
+
+    def overlap(self, grad: np.ndarray, offsets: np.ndarray, bucket_bytes: int):
+        from .buckets import BucketedAllreduce
+
+        self._buckets = BucketedAllreduce(self, grad, offsets, bucket_bytes)
+        return self._buckets.ready
+
+    def reduce_gradients_(self, grad: np.ndarray) -> np.ndarray:
+        if self._buckets is not None and grad is self._buckets.grad:
+            return self._buckets.finish()
+        return self.allreduce_sum_(grad)
 
     def iallreduce_sum_(self, view: np.ndarray) -> object:
         return self._comm.Iallreduce(self._MPI.IN_PLACE, view, op=self._MPI.SUM)

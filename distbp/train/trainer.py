@@ -10,7 +10,6 @@ import math
 import signal
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -20,7 +19,6 @@ import numpy as np
 from .. import __version__, nn
 from ..autodiff.tensor import Tensor, no_grad
 from ..comm import Communicator, get_communicator, local_world, pin_blas_threads
-from ..comm.buckets import BucketedAllreduce
 from ..data import DistributedSampler, Preprocessor, Splits, load_data
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
 from .checkpoint import (Checkpoint, CheckpointError, checkpoint_name, latest_valid, list_checkpoints,
@@ -92,31 +90,38 @@ class Trainer:
         self._signal: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------
-    def _resume_checkpoint(self) -> Checkpoint | None:
-        ckpt_dir = self.run_dir / "checkpoints"
-        if self.resume == "never":
-            existing = list_checkpoints(ckpt_dir)
-            if existing:
-                raise CheckpointError(f"{ckpt_dir} already holds {len(existing)} checkpoint(s) of an earlier "
-                                      "run; continue it with --resume auto, or choose another --run-dir")
-            return None
-        if self.resume == "auto":
-            # The coordinator chooses; every rank then reads that same step's file (the run
-            # directory is shared, as it is under mpirun on one host or on a cluster file system).
-            ckpt = None
-            if self.comm.rank == 0:
+    def _resume_checkpoint(self) -> tuple[Checkpoint | None, int]:
+        """The checkpoint to continue from (None to start fresh) and its step, agreed by all.
+
+        The coordinator chooses. Replicas that run the optimizer themselves (MPI ranks) then
+        read that same file (the run directory is shared, as under mpirun on one host or on a
+        cluster file system); parameter-server workers only need the step, since the server
+        sends them the parameters."""
+        comm, ckpt_dir = self.comm, self.run_dir / "checkpoints"
+        ckpt = None
+        if comm.is_coordinator:
+            if self.resume == "never":
+                existing = list_checkpoints(ckpt_dir)
+                if existing:
+                    raise CheckpointError(f"{ckpt_dir} already holds {len(existing)} checkpoint(s) of an earlier "
+                                          "run; continue it with --resume auto, or choose another --run-dir")
+            elif self.resume == "auto":
                 ckpt, self._warnings = latest_valid(ckpt_dir)
-            chosen = int(self.comm.gather_u64(0 if ckpt is None else ckpt.step + 1)[0]) - 1
-            if chosen >= 0 and ckpt is None:
-                ckpt = read_checkpoint(ckpt_dir / checkpoint_name(chosen))
-        else:
-            ckpt = read_checkpoint(self.resume)
+            else:
+                ckpt = read_checkpoint(self.resume)
+            self._check_config(ckpt)
+        step = comm.agree_u64(0 if ckpt is None else ckpt.step + 1) - 1
+        if step >= 0 and ckpt is None and comm.replicates_optimizer:
+            ckpt = read_checkpoint(self.resume if self.resume != "auto" else ckpt_dir / checkpoint_name(step))
+            self._check_config(ckpt)
+        return ckpt, max(step, 0)
+
+    def _check_config(self, ckpt: Checkpoint | None) -> None:
         if ckpt is not None and ckpt.meta.get("config_hash") != self.hash:
             diff = semantic_diff(ckpt.meta.get("config", {}), self.cfg)
             raise CheckpointError(f"{ckpt.path} was written by another config (hash {ckpt.meta.get('config_hash')}, "
                                   f"this run {self.hash}): " + ("; ".join(diff) or "unknown differences")
                                   + "; resume with the config that wrote it, or train into another --run-dir")
-        return ckpt
 
     def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
         meta = ckpt.meta
@@ -160,9 +165,8 @@ class Trainer:
         seed = cfg["seed"]
         self._warnings: list[str] = []
         threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0] if comm.size > 1 else 1)
-        comm.check_same("config hash", int(self.hash, 16),
-                        "every rank must be started with the same config and --set overrides")
-        ckpt = self._resume_checkpoint()
+        comm.handshake(self.hash)
+        ckpt, start = self._resume_checkpoint()
         preprocessor = None
         if ckpt is not None:
             pre_state = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
@@ -184,15 +188,13 @@ class Trainer:
                 cfg["schedule"]["t_max"] is None and "cosine" in (cfg["schedule"]["name"], cfg["schedule"]["after"]):
             self._warnings.append(f"the cosine schedule's horizon follows the run's length, now {total} steps "
                                   f"instead of {ckpt.meta['total_steps']}; set schedule.t_max to keep it fixed")
-        start = 0
         if ckpt is not None:
             self._restore(ckpt, model, opt, sched)
-            start = ckpt.step
+        elif start:  # a parameter-server worker: the schedule follows the server's step
+            sched.load_state_dict(dict(sched.state_dict(), t=start))
         comm.check_same("parameter count", flat.numel, "the ranks built different models")
-        self._reducer = None
         if cfg["comm"]["overlap"] and comm.size > 1:
-            self._reducer = BucketedAllreduce(comm, flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
-            flat.on_grad_ready = self._reducer.ready
+            flat.on_grad_ready = comm.overlap(flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
         # Every replica starts from the coordinator's parameters (as DDP does at construction).
         comm.broadcast_(flat.data, root=0)
 
@@ -226,20 +228,18 @@ class Trainer:
         step = s.start
         try:
             while step < total:
-                local_loss, batch = self._train_step(step, splits, sampler, model, loss_fn, opt, dropouts)
+                stats, batch = self._train_step(step, splits, sampler, model, loss_fn, opt, dropouts)
                 sched.step()
                 step += 1
                 samples_since_log += batch
                 is_last = step == total
-                # One small collective per step: the global mean loss, and whether any rank was
-                # signalled, so that all ranks stop after the same step (none left waiting).
-                stats = comm.allreduce_sum_(np.array([local_loss, 0.0 if self._signal is None else 1.0]))
+                # The step's exchange also summed the loss and whether any process was
+                # signalled, so that all stop after the same step (none left waiting).
                 loss = float(stats[0])
                 if stats[1] > 0 and self._signal is None:
                     self._signal = signal.SIGTERM
                 if step % cfg["comm"]["check_every"] == 0 or is_last:
-                    comm.check_same("parameter checksum", zlib.crc32(flat.data),
-                                    f"replicas diverged by step {step}")
+                    comm.check_replicas(flat.data, step)
                 if step % tc["log_every"] == 0 or is_last:
                     if coordinator:
                         now = time.perf_counter()
@@ -273,10 +273,13 @@ class Trainer:
         return RunResult(step, val_loss, val_acc, last_ckpt, 0.0)
 
     def _train_step(self, step: int, splits: Splits, sampler: DistributedSampler, model: nn.Module,
-                    loss_fn: LossFn, opt: Any, dropouts: list[nn.Dropout]) -> tuple[float, int]:
-        """Forward and backward on this worker's slice, all-reduce, optimizer step.
-        Returns this worker's share of the global mean loss and the global batch size."""
+                    loss_fn: LossFn, opt: Any, dropouts: list[nn.Dropout]) -> tuple[np.ndarray, int]:
+        """Forward and backward on this worker's slice, the step's exchange, optimizer step.
+        Returns the stats summed over workers (global mean loss, stop requests) and the
+        global batch size."""
         idx, batch = sampler.local_indices(step)
+        if not self.comm.computes_gradients:
+            idx = idx[:0]
         start = (sampler.rank * batch) // sampler.world_size
         for i, m in enumerate(dropouts):
             # Masks drawn from (seed, step, layer) for the whole global batch, then sliced:
@@ -294,13 +297,16 @@ class Trainer:
                 loss.backward()
                 local_loss = loss.item()
             grad = opt.flat.flat_grad()
-            grad = self._reducer.finish() if self._reducer is not None else self.comm.allreduce_sum_(grad)
-            # One cheap pass; the sum of large finite values can overflow, so confirm elementwise.
-            finite = math.isfinite(local_loss) and (np.isfinite(grad.sum()) or bool(np.isfinite(grad).all()))
-        if not finite:
-            self._raise_non_finite(step + 1, local_loss, model)
-        opt.step()
-        return local_loss, batch
+
+            def update() -> None:
+                # One cheap pass; the sum of large finite values can overflow, so confirm elementwise.
+                if not (math.isfinite(local_loss) and (np.isfinite(grad.sum()) or bool(np.isfinite(grad).all()))):
+                    self._raise_non_finite(step + 1, local_loss, model)
+                opt.step()
+
+            stats = np.array([local_loss, 0.0 if self._signal is None else 1.0])
+            stats = self.comm.sync_step(grad, opt.flat.data, update, stats)
+        return stats, batch
 
     @staticmethod
     def _raise_non_finite(step: int, loss: float, model: nn.Module) -> None:
