@@ -1,6 +1,7 @@
 """Optimizers: the flat-buffer kernels against per-parameter numpy transcriptions of the
-formulas documented by torch.optim, param groups, the constant number of numpy calls per
-step, state_dict round trips and validation."""
+formulas documented by torch.optim, param groups, the blocked step (bitwise equal to one pass
+over the whole buffer), the number of numpy calls per step (independent of the number of
+layers), state_dict round trips and validation."""
 
 from __future__ import annotations
 
@@ -315,18 +316,163 @@ def _calls_per_step(cls, kw, n_layers, split):
 @pytest.mark.parametrize("split", [False, True], ids=["one-group", "split_decay"])
 @pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
 def test_constant_number_of_calls_per_step(cls, kw, split):
+    # Both models (53 and 633 parameters) fit one block of the default block_size.
     small, large = _calls_per_step(cls, kw, 2, split), _calls_per_step(cls, kw, 20, split)
     assert small == large
     assert small[0]["line"] > 5  # the counter did see the kernel
 
 
+# Equal parameter counts (1,020) in 2 parameters or in 20: the same 4 blocks of 300 elements.
+FEW_LAYERS = [(50, 20), (20,)]
+MANY_LAYERS = [(10, 10), (2,)] * 10
+
+
+def _calls_per_blocked_step(cls, kw, shapes, split, block_size):
+    rng = np.random.default_rng(0)
+    params = [nn.Parameter(rng.standard_normal(s)) for s in shapes]
+    spec = ([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
+             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}] if split else params)
+    opt = cls(spec, **kw)
+    opt.block_size = block_size
+    grads = [np.full(p.shape, 0.1) for p in params]
+
+    def train_step():
+        opt.zero_grad()
+        for p, g in zip(params, grads):
+            p.grad = g
+
+    for _ in range(2):
+        train_step()
+        opt.step()
+    train_step()
+    return _count_calls(opt.step)
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["one-group", "split_decay"])
 @pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
-def test_step_allocates_no_flat_sized_temporaries(cls, kw, split):
+def test_calls_per_step_depend_on_blocks_not_layers(cls, kw, split):
+    assert sum(map(np.prod, FEW_LAYERS)) == sum(map(np.prod, MANY_LAYERS)) == 1020
+    few = _calls_per_blocked_step(cls, kw, FEW_LAYERS, split, 300)
+    many = _calls_per_blocked_step(cls, kw, MANY_LAYERS, split, 300)
+    assert few == many
+    one_block = _calls_per_blocked_step(cls, kw, MANY_LAYERS, split, None)
+    assert few["line"] > one_block["line"]  # four blocks did run the kernel four times
+
+
+# ---- blocking: bitwise the same as one pass over the whole buffer ---------------------------
+
+# 4,490 float32 parameters in two param groups that interleave the flat order, so per-group
+# vectors are sliced per block and blocks straddle parameter and group boundaries.
+BLOCK_SHAPES = [(40, 50), (50,), (50, 40), (40,), (17, 23), (9,)]
+BLOCK_GROUPS = [[0, 3, 4], [1, 2, 5]]
+BLOCK_CASES = ([(cls, kw, dict(lr=0.003, weight_decay=0.05)) for cls, kw in CASES]
+               + [(cls, kw, overrides) for cls, kw, overrides in GROUP_CASES])
+BLOCK_IDS = ([f"{i}-groups-lr-wd" for i in IDS]
+             + [f"{c.__name__}-groups-{sorted(o)}" for c, _, o in GROUP_CASES])
+
+
+def _run_blocked(cls, kw, overrides, block_size, steps=5):
+    rng = np.random.default_rng(7)
+    params = [nn.Parameter(rng.standard_normal(s), dtype=np.float32) for s in BLOCK_SHAPES]
+    opt = cls([{"params": [params[i] for i in BLOCK_GROUPS[0]]},
+               {"params": [params[i] for i in BLOCK_GROUPS[1]], **overrides}], **kw)
+    opt.block_size = block_size
+    flat_grad_calls = []
+    flat_grad = opt.flat.flat_grad
+    opt.flat.flat_grad = lambda: flat_grad_calls.append(1) or flat_grad()
+    k = next(k for k, q in enumerate(opt.flat.params) if q is params[4])
+    unused = slice(opt.flat.offsets[k], opt.flat.offsets[k + 1])
+    for step in range(steps):
+        opt.zero_grad()
+        for i, p in enumerate(params):
+            if not (step == 2 and i == 4):  # one parameter without a gradient: zero-filled
+                p.grad = SCALES[step] * rng.standard_normal(p.shape)
+        expected = opt.flat.grad.copy()
+        if step == 2:
+            expected[unused] = 0.0
+        opt.step()
+        np.testing.assert_array_equal(opt.flat.grad, expected)  # read, never written by the kernel
+    assert len(flat_grad_calls) == steps  # once per step, not once per block
+    return opt
+
+
+@pytest.mark.parametrize("block_size", [1000, 4096])
+@pytest.mark.parametrize("cls,kw,overrides", BLOCK_CASES, ids=BLOCK_IDS)
+def test_blocked_step_is_bitwise_the_unblocked_step(cls, kw, overrides, block_size):
+    whole = _run_blocked(cls, kw, overrides, None)
+    blocked = _run_blocked(cls, kw, overrides, block_size)
+    assert whole.flat.numel == 4490  # 5 blocks of 1000 (the last 490) or 2 of 4096 (the last 394)
+    assert blocked.flat.data.dtype == np.float32
+    assert not np.array_equal(blocked.flat.data, _run_blocked(cls, kw, overrides, None, steps=0).flat.data)
+    np.testing.assert_array_equal(blocked.flat.data.view(np.uint32), whole.flat.data.view(np.uint32))
+    assert blocked.state.keys() == whole.state.keys()
+    assert blocked.state["step"] == whole.state["step"] == 5
+    for name, value in whole.state.items():
+        if name != "step":
+            np.testing.assert_array_equal(blocked.state[name].view(np.uint32), value.view(np.uint32))
+
+
+def test_block_scratch_is_one_block_and_scalars_are_computed_once_per_step():
+    class Counting(optim.Adam):
+        block_size = 1000
+        evaluated = 0
+
+        def _hp_value(self, key, fn):
+            Counting.evaluated += 1
+            return super()._hp_value(key, fn)
+
+    rng = np.random.default_rng(0)
+    params = [nn.Parameter(rng.standard_normal(s)) for s in BLOCK_SHAPES]
+    opt = Counting([{"params": [params[i] for i in BLOCK_GROUPS[0]]},
+                    {"params": [params[i] for i in BLOCK_GROUPS[1]], "lr": 0.01, "weight_decay": 0.1}],
+                   amsgrad=True)
+    assert opt._tmp.size == opt._grad_buf.size == 1000  # scratch of one block, not flat-sized
+    for p in params:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    Counting.evaluated = 0
+    opt.step()
+    per_step = Counting.evaluated
+    opt.block_size = 100  # 45 blocks instead of 5: each hyperparameter is still evaluated once
+    Counting.evaluated = 0
+    opt.step()
+    assert Counting.evaluated == per_step == 8
+    assert optim.Adam([nn.Parameter(np.ones((30, 7)))])._tmp.size == 210  # smaller than one default block
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64K", True])
+def test_invalid_block_size_raises(bad):
+    params = [nn.Parameter(v) for v in initial_values()]
+    opt = optim.SGD(params, lr=0.1)
+    opt.block_size = bad
+    with pytest.raises(ValueError, match="block_size must be a non-negative int or None"):
+        opt.step()
+
+
+def test_block_size_zero_is_one_block():
+    results = []
+    for block_size in (0, None, 7):
+        params = [nn.Parameter(v) for v in initial_values()]
+        opt = optim.Adam(params, lr=0.1)
+        opt.block_size = block_size
+        for grads in gradients():
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+        results.append(opt.flat.data.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("block_size", [None, 1000], ids=["one-block", "blocks"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-group", "split_decay"])
+@pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
+def test_step_allocates_no_flat_sized_temporaries(cls, kw, split, block_size):
     """Scratch arrays come from the constructor; a float64 upcast or an expression that
     allocates would show up as a peak of at least one buffer's size."""
     model = nn.MLP([50, 200, 10], rng=np.random.default_rng(0))
     opt = cls(optim.split_decay(model.named_parameters(), 0.01) if split else model.parameters(), **kw)
+    opt.block_size = block_size
     for p in model.parameters():
         p.grad = np.full(p.shape, 0.1)
     opt.step()  # builds the cached per-group vectors

@@ -1,5 +1,6 @@
-"""Optimizers with torch.optim's names and formulas, updating the flat parameter buffer with a
-constant number of numpy calls per step; learning-rate schedules in ``lr_scheduler``."""
+"""Optimizers with torch.optim's names and formulas, updating the flat parameter buffer block
+by block (cache-sized blocks), with a number of numpy calls per step that depends on the
+buffer's size, not on the number of layers; learning-rate schedules in ``lr_scheduler``."""
 
 from . import lr_scheduler
 from .adagrad import AdaGrad, Adagrad

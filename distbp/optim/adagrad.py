@@ -30,7 +30,7 @@ class AdaGrad(Optimizer):
         return ("sum",)
 
     def _update(self, step: int) -> None:
-        p, t, acc = self.flat.data, self._tmp, self.state["sum"]
+        p, t, acc = self._p(), self._scratch(), self._state("sum")
         g = self._grad()
         decay = self._hp("1/(1+(t-1)*lr_decay)", lambda grp: 1.0 / (1.0 + (step - 1) * grp["lr_decay"]))
         np.multiply(g, g, out=t)                     # sum = sum + g * g

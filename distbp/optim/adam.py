@@ -45,8 +45,8 @@ class Adam(Optimizer):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
     def _update(self, step: int) -> None:
-        p, t = self.flat.data, self._tmp
-        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
+        p, t = self._p(), self._scratch()
+        m, v = self._state("exp_avg"), self._state("exp_avg_sq")
         g = self._grad(l2=not self._decoupled)
         if self._decoupled:
             shrink = self._hp("1-lr*wd", lambda grp: 1.0 - grp["lr"] * grp["weight_decay"])
@@ -62,7 +62,7 @@ class Adam(Optimizer):
         t *= self._hp("1-beta2", lambda grp: 1.0 - grp["betas"][1])
         v += t
         if self._flag("amsgrad"):
-            v_max = self._buffer("max_exp_avg_sq")
+            v_max = self._state("max_exp_avg_sq")
             v = np.maximum(v_max, v, out=v_max)                  # v_max = max(v_max, v)
         # p = p - lr / c1 * m / (sqrt(v) / c2 + eps)  ==  p - (lr * c2 / c1) * m / (sqrt(v) + eps * c2)
         np.sqrt(v, out=t)

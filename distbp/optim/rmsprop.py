@@ -37,7 +37,7 @@ class RMSProp(Optimizer):
         return names
 
     def _update(self, step: int) -> None:
-        p, t, v = self.flat.data, self._tmp, self.state["square_avg"]
+        p, t, v = self._p(), self._scratch(), self._state("square_avg")
         g = self._grad()
         alpha = self._hp("alpha")
         rest = self._hp("1-alpha", lambda grp: 1.0 - grp["alpha"])
@@ -46,7 +46,7 @@ class RMSProp(Optimizer):
         t *= rest
         v += t
         if self._flag("centered"):
-            g_avg = self._buffer("grad_avg")
+            g_avg = self._state("grad_avg")
             g_avg *= alpha                           # g_avg = alpha * g_avg + (1 - alpha) * g
             np.multiply(g, rest, out=t)
             g_avg += t
@@ -59,7 +59,7 @@ class RMSProp(Optimizer):
         np.divide(g, t, out=t)
         momentum = self._hp("momentum")
         if not _is(momentum, 0.0):
-            buf = self._buffer("momentum_buffer")
+            buf = self._state("momentum_buffer")
             buf *= momentum                          # b = momentum * b + g / avg
             buf += t
             np.multiply(buf, self._hp("lr"), out=t)  # p = p - lr * b

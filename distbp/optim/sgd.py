@@ -35,11 +35,11 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if any(g["momentum"] != 0 for g in self.param_groups) else ()
 
     def _update(self, step: int) -> None:
-        p, t = self.flat.data, self._tmp
+        p, t = self._p(), self._scratch()
         g = self._grad()
         lr, mu = self._hp("lr"), self._hp("momentum")
         if not _is(mu, 0.0):
-            buf = self._buffer("momentum_buffer")
+            buf = self._state("momentum_buffer")
             if step == 1:
                 np.copyto(buf, g)                                   # b_1 = g
             else:
