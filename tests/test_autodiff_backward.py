@@ -316,3 +316,16 @@ def test_gradcheck_leaves_the_callers_arrays_untouched():
     before = x.copy()
     gradcheck(lambda a: (a * a).sum(), x)
     np.testing.assert_array_equal(x, before)
+
+
+def test_in_place_vjps_never_touch_a_gradient_another_node_sees():
+    # add hands the same g to both relus; a product's fresh gradient may be reused in place.
+    rng = np.random.default_rng(5)
+    xs = [db.tensor(rng.standard_normal((3, 4)), requires_grad=True, dtype=np.float64) for _ in range(3)]
+
+    def f(a, b, c):
+        shared = F.relu(a) + F.relu(b)              # g reaches both relus as the same array
+        chain = F.relu((c * 2.0) @ np.eye(4)).tanh()  # fresh gradients all the way down
+        return (shared * chain).sigmoid().exp().sum(axis=1)
+
+    assert gradcheck(f, *xs)

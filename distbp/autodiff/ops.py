@@ -119,13 +119,17 @@ def _sigmoid(a):
     return np.tanh(a * 0.5) * 0.5 + 0.5
 
 
-exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans)
+exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans,
+                inplace=lambda g, ans, a: np.multiply(g, ans, out=g))
 log = Primitive("log", np.log, lambda g, ans, a: g / a)
 sqrt = Primitive("sqrt", np.sqrt, lambda g, ans, a: g / (2 * ans))
 abs_ = Primitive("abs", np.abs, lambda g, ans, a: g * np.sign(a))
-tanh = Primitive("tanh", np.tanh, lambda g, ans, a: g * (1 - ans * ans))
-sigmoid = Primitive("sigmoid", _sigmoid, lambda g, ans, a: g * (ans * (1 - ans)))
-relu = Primitive("relu", lambda a: np.maximum(a, 0), lambda g, ans, a: g * (ans > 0))
+tanh = Primitive("tanh", np.tanh, lambda g, ans, a: g * (1 - ans * ans),
+                 inplace=lambda g, ans, a: np.multiply(g, 1 - ans * ans, out=g))
+sigmoid = Primitive("sigmoid", _sigmoid, lambda g, ans, a: g * (ans * (1 - ans)),
+                    inplace=lambda g, ans, a: np.multiply(g, ans * (1 - ans), out=g))
+relu = Primitive("relu", lambda a: np.maximum(a, 0), lambda g, ans, a: g * (ans > 0),
+                 inplace=lambda g, ans, a: np.multiply(g, ans > 0, out=g))
 leaky_relu = Primitive("leaky_relu", lambda a, slope: np.where(a > 0, a, a * slope),
                        lambda g, ans, a, slope: np.where(a > 0, g, g * slope))
 hardtanh = Primitive("hardtanh", lambda a, lo, hi: np.clip(a, lo, hi),

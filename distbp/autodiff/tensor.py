@@ -67,14 +67,22 @@ class Primitive:
     already summed to the argument's shape, into ``out``: backward uses it to write a
     parameter's gradient straight into the flat gradient buffer (``np.matmul(a.T, g, out=...)``)
     instead of making it and copying it there.
+
+    ``inplace(g, ans, *args, **kwargs)``, for one-argument elementwise ops, computes the VJP
+    by overwriting ``g``: backward uses it when it owns ``g`` (no other node can see it), which
+    saves an activation-sized allocation per op (relu's ``g *= ans > 0``).
+
+    A VJP returns a new array or a view of its inputs, never an array it keeps: backward
+    treats a returned array that owns its memory as its own to overwrite.
     """
 
-    __slots__ = ("name", "fwd", "vjps", "vjp_argnum", "into")
+    __slots__ = ("name", "fwd", "vjps", "vjp_argnum", "into", "inplace")
 
     def __init__(self, name: str, fwd: Callable[..., np.ndarray], *vjps: Callable | None,
-                 vjp_argnum: Callable | None = None, into: dict[int, Callable] | None = None) -> None:
+                 vjp_argnum: Callable | None = None, into: dict[int, Callable] | None = None,
+                 inplace: Callable | None = None) -> None:
         self.name, self.fwd, self.vjps, self.vjp_argnum = name, fwd, vjps, vjp_argnum
-        self.into = into or {}
+        self.into, self.inplace = into or {}, inplace
 
     def __call__(self, *args: Any, **kwargs: Any) -> "Tensor":
         return apply(self, *args, **kwargs)
@@ -234,6 +242,7 @@ class Tensor:
             self._accumulate_grad(grad)
             return
         grads: dict[int, np.ndarray] = {id(self): grad}
+        owned: set[int] = set()  # nodes whose gradient array nothing else can see
         while order:
             node = order.pop()  # outputs come off first
             record = node._record
@@ -241,7 +250,20 @@ class Tensor:
                 continue  # a leaf: its consumers already handed it its gradient
             node._record = _FREED
             g = grads.pop(id(node))
+            g_owned = id(node) in owned
+            owned.discard(id(node))
             prim, parents, args, kwargs = record
+            if prim.inplace is not None and g_owned and parents[0][1]._record is not None:
+                # The one consumer of g is this VJP: overwrite it instead of allocating anew.
+                key = id(parents[0][1])
+                pg = prim.inplace(g, node.data, *args, **kwargs)
+                prev = grads.get(key)
+                if prev is None:
+                    grads[key] = pg
+                    owned.add(key)
+                else:
+                    self._add_contribution(grads, owned, key, prev, pg)
+                continue
             for argnum, parent in parents:
                 key = id(parent)
                 if parent._record is None:
@@ -261,8 +283,25 @@ class Tensor:
                 else:
                     pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
                     prev = grads.get(key)
-                    # Not in place: pg may alias g or another node's gradient.
-                    grads[key] = pg if prev is None else prev + pg
+                    if prev is None:
+                        grads[key] = pg
+                        # A fresh array (not g, an input, the output, or a view of them) is ours.
+                        if pg.flags.owndata and pg is not g and pg is not node.data and \
+                                not any(pg is a for a in args):
+                            owned.add(key)
+                    else:
+                        self._add_contribution(grads, owned, key, prev, pg)
+
+    @staticmethod
+    def _add_contribution(grads: dict[int, np.ndarray], owned: set[int], key: int, prev: np.ndarray,
+                          pg: np.ndarray) -> None:
+        """A second (third...) gradient for a node used several times: summed in place into
+        an array we own, else into a new one (then ours)."""
+        if key in owned and prev.shape == pg.shape and prev.dtype == np.result_type(prev, pg):
+            prev += pg
+        else:
+            grads[key] = prev + pg
+            owned.add(key)
 
 
 def _topological_order(root: Tensor) -> tuple[list[Tensor], dict[int, int]]:
