@@ -4,7 +4,7 @@ from .autodiff import (GradcheckError, ShapeError, Tensor, gradcheck, is_grad_en
                        manual_seed, no_grad, tensor)
 from . import functional, nn  # noqa: E402
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError",
            "ShapeError", "manual_seed", "functional", "nn", "__version__"]

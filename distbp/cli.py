@@ -27,7 +27,7 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
     whole job, so no rank is left waiting in a collective.
     """
     from .autodiff.tensor import ShapeError
-    from .comm import MismatchError, launched_by_mpi, world_rank
+    from .comm import MismatchError, PeerLost, ServerStopped, launched_by_mpi, world_rank
     from .data import DataError
     from .train import CheckpointError, ConfigError, Interrupted, TrainingError
 
@@ -47,7 +47,9 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
         return 128 + e.signum
     except KeyboardInterrupt:
         code = _fail(prog, "interrupted", 128 + 2)
-    except (DataError, CheckpointError, TrainingError, ShapeError, OSError, ImportError) as e:
+    except ServerStopped as e:
+        code = _fail(prog, str(e), e.code or EXIT_RUN_ERROR)
+    except (DataError, CheckpointError, TrainingError, ShapeError, OSError, ImportError, PeerLost) as e:
         if os.environ.get("DISTBP_DEBUG"):
             traceback.print_exc()
         code = _fail(prog, str(e), EXIT_RUN_ERROR)
@@ -94,7 +96,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
         trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume)
         result = trainer.run()
-        if trainer.comm.rank != 0:
+        if not trainer.comm.is_coordinator:
             return EXIT_OK
         acc = "" if result.val_accuracy is None else f", val_accuracy {result.val_accuracy:.4f}"
         print(f"done: {result.step} steps in {result.seconds:.1f} s{acc}; checkpoint {result.checkpoint}")
@@ -153,6 +155,24 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     return _guard("distbp-plot", body)
+
+
+def keys_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-keys: create CURVE key pairs for a parameter-server job (comm.curve: DIR)."""
+    parser = argparse.ArgumentParser(prog="distbp-keys", description=keys_main.__doc__)
+    parser.add_argument("dir", metavar="DIR")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .comm.zmq_ps import make_keys
+
+        for path in make_keys(args.dir):
+            print(path)
+        print(f"server: comm.curve={args.dir} with server.key_secret and clients/; "
+              f"workers: comm.curve=DIR with server.key and client.key_secret")
+        return EXIT_OK
+
+    return _guard("distbp-keys", body)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .base import Communicator, LocalCommunicator, MismatchError
+from .base import Communicator, LocalCommunicator, MismatchError, PeerLost, ServerStopped
 from .mpi import MPICommunicator, launched_by_mpi, local_world, world_rank
 from .threads import cpu_count, pin_blas_threads
 
-BACKENDS = ("auto", "local", "mpi")
+BACKENDS = ("auto", "local", "mpi", "zmq")
 
 
 def get_communicator(comm_cfg: Mapping[str, Any]) -> Communicator:
     """The communicator the ``comm`` config section asks for. ``auto`` is MPI when mpirun or
-    mpiexec started this process with more than one rank, else local."""
+    mpiexec started this process with more than one rank, else local; ``zmq`` is the
+    parameter server or one of its workers, by ``comm.role``."""
     backend = comm_cfg.get("backend", "auto")
     if backend == "mpi" or (backend == "auto" and launched_by_mpi() > 1):
         return MPICommunicator()
+    if backend == "zmq":
+        from .zmq_ps import ZMQServer, ZMQWorker  # imported here: only parameter-server runs need zmq
+
+        return ZMQServer(comm_cfg) if comm_cfg.get("role") == "server" else ZMQWorker(comm_cfg)
     if backend in ("auto", "local"):
         return LocalCommunicator()
     raise ValueError(f"comm.backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MismatchError", "get_communicator",
+__all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MismatchError", "PeerLost", "ServerStopped", "get_communicator",
            "launched_by_mpi", "local_world", "world_rank", "cpu_count", "pin_blas_threads", "BACKENDS"]

@@ -13,6 +13,18 @@ class MismatchError(RuntimeError):
     drift) the parameters themselves. Every rank raises it together."""
 
 
+class PeerLost(RuntimeError):
+    """A peer (a worker, or the server) stopped answering; the message names which."""
+
+
+class ServerStopped(RuntimeError):
+    """The coordinator ended the job (an error there, or a lost worker); carries its exit code."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(f"the server stopped the job: {reason}")
+        self.code = code
+
+
 class Communicator:
     """How the processes of one job combine gradients and agree on parameters.
 
@@ -21,9 +33,9 @@ class Communicator:
     1/global_batch, so the sum of the workers' gradients is the gradient of the global mean
     loss. The coordinator logs, evaluates and writes checkpoints.
 
-    The Trainer calls, in order: ``handshake`` (same config everywhere), ``agree_u64`` (the
-    step to start from), ``check_same`` (same model size), ``broadcast_`` (the coordinator's
-    parameters), then per step ``sync_step`` and every few steps ``check_replicas``. The
+    The Trainer calls, in order: ``handshake`` (same config and model everywhere),
+    ``agree_u64`` (the step to start from), ``broadcast_`` (the coordinator's parameters),
+    then per step ``sync_step`` and every few steps ``check_replicas``; ``fail`` on an error. The
     collective transports (local, MPI) implement them with collectives; the parameter server
     overrides them with messages.
     """
@@ -37,10 +49,14 @@ class Communicator:
     def is_coordinator(self) -> bool:
         return self.rank == 0
 
-    def handshake(self, config_hash: str) -> None:
-        """Fail on every process, naming the rank, unless all run the same config."""
+    def handshake(self, config_hash: str, numel: int) -> None:
+        """Fail on every process, naming the rank, unless all run the same config and model."""
         self.check_same("config hash", int(config_hash, 16),
                         "every rank must be started with the same config and --set overrides")
+        self.check_same("parameter count", numel, "the ranks built different models")
+
+    def fail(self, message: str, code: int) -> None:
+        """This process is ending the job with an error: tell the peers that need telling."""
 
     def agree_u64(self, value: int) -> int:
         """The coordinator's ``value`` (an unsigned 64-bit integer), on every process."""

@@ -23,7 +23,10 @@ def launched_by_mpi() -> int:
 
 
 def local_world() -> tuple[int, int]:
-    """(ranks on this host, this rank's index among them), from the launcher's environment."""
+    """(ranks on this host, this rank's index among them), from the launcher's environment
+    (DISTBP_LOCAL_PROCS is set by launch/zmq-local for the parameter server's processes)."""
+    if os.environ.get("DISTBP_LOCAL_PROCS", "").isdigit():
+        return int(os.environ["DISTBP_LOCAL_PROCS"]), 0
     for size_key, rank_key in (("MPI_LOCALNRANKS", "MPI_LOCALRANKID"),
                                ("OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")):
         if os.environ.get(size_key, "").isdigit():

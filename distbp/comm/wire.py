@@ -58,9 +58,10 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # server → worker: the parameters to start from at ``step``
     "start": _spec({"step": int, **_ARRAY}, payload=True),
     # worker → server: this worker's gradient sum and local loss for ``step``
-    "grad": _spec({"step": int, "rank": int, "loss": float, **_ARRAY}, payload=True),
-    # server → worker: the parameters after ``step``
-    "params": _spec({"step": int, **_ARRAY}, payload=True),
+    # (``stop`` = 1 when the worker was asked to stop: SIGTERM/SIGINT)
+    "grad": _spec({"step": int, "rank": int, "loss": float, **_ARRAY}, {"stop": int}, payload=True),
+    # server → worker: the parameters after ``step``, the global loss, and whether to stop
+    "params": _spec({"step": int, **_ARRAY}, {"loss": float, "stop": int}, payload=True),
     # both ways: still alive
     "heartbeat": _spec({"rank": int}, {"step": int}),
     # server → worker: the job ends; ``code`` is the exit code

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__, nn
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import Communicator, get_communicator, local_world, pin_blas_threads
+from ..comm import Communicator, PeerLost, get_communicator, local_world, pin_blas_threads
 from ..data import DistributedSampler, Preprocessor, Splits, load_data
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
 from .checkpoint import (Checkpoint, CheckpointError, checkpoint_name, latest_valid, list_checkpoints,
@@ -69,6 +69,11 @@ class _Run:
     checkpoint: Path | None
     log: RunLog | None
     metrics: MetricsFile | None
+
+
+def _same_preprocessing(ckpt: Checkpoint, pre: Preprocessor) -> bool:
+    saved = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
+    return all(np.array_equal(np.asarray(v), saved.get(k)) for k, v in pre.state().items())
 
 
 class Trainer:
@@ -147,10 +152,18 @@ class Trainer:
     def run(self) -> RunResult:
         """Train to the end (epochs or max_steps) and write the final checkpoint."""
         t_start = time.perf_counter()
-        s = self._setup()
-        result = self._loop(s)
+        try:
+            result = self._loop(self._setup())
+        except Interrupted as e:
+            self.comm.fail(str(e), 128 + e.signum)
+            raise
+        except BaseException as e:
+            self.comm.fail(f"{type(e).__name__}: {e}" if not str(e) else str(e), 1)
+            raise
+        finally:
+            self.comm.close()
         result.seconds = time.perf_counter() - t_start
-        if self.comm.rank == 0:
+        if self.comm.is_coordinator:
             summary = {"step": result.step, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy,
                        "seconds": round(result.seconds, 3)}
             with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
@@ -161,23 +174,24 @@ class Trainer:
         """Data, model, optimizer and schedule, restored from a checkpoint when resuming, with
         the ranks' agreement checked; the coordinator opens the run directory."""
         cfg, comm = self.cfg, self.comm
-        coordinator = comm.rank == 0
         seed = cfg["seed"]
         self._warnings: list[str] = []
-        threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0] if comm.size > 1 else 1)
-        comm.handshake(self.hash)
-        ckpt, start = self._resume_checkpoint()
-        preprocessor = None
-        if ckpt is not None:
-            pre_state = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
-            preprocessor = Preprocessor.from_state(pre_state) if pre_state else None
-        splits = load_data(cfg["data"], seed, cfg["model"]["window"], preprocessor)
+        threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0])
+        splits = load_data(cfg["data"], seed, cfg["model"]["window"])
         model = build_model(cfg, splits)
         outputs = splits.train.num_classes or splits.train.y.shape[1]
         loss_fn = build_loss(cfg, outputs)
         opt = build_optimizer(cfg, model)
         flat = opt.flat
         tc = cfg["train"]
+        # Agree on config and model before anything is written; a parameter server assigns
+        # this worker's rank here, which fixes its slice of every batch.
+        comm.handshake(self.hash, flat.numel)
+        coordinator = comm.is_coordinator
+        ckpt, start = self._resume_checkpoint()
+        if ckpt is not None and not _same_preprocessing(ckpt, splits.preprocessor):
+            self._warnings.append(f"the training data's preprocessing statistics differ from those in {ckpt.path}; "
+                                  "has the data file changed since?")
         sampler = DistributedSampler(len(splits.train), tc["global_batch"], seed, comm.rank, comm.size)
         total = tc["epochs"] * sampler.steps_per_epoch
         if tc["max_steps"] is not None:
@@ -192,7 +206,6 @@ class Trainer:
             self._restore(ckpt, model, opt, sched)
         elif start:  # a parameter-server worker: the schedule follows the server's step
             sched.load_state_dict(dict(sched.state_dict(), t=start))
-        comm.check_same("parameter count", flat.numel, "the ranks built different models")
         if cfg["comm"]["overlap"] and comm.size > 1:
             flat.on_grad_ready = comm.overlap(flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
         # Every replica starts from the coordinator's parameters (as DDP does at construction).
@@ -217,7 +230,7 @@ class Trainer:
 
     def _loop(self, s: "_Run") -> RunResult:
         cfg, comm, tc = self.cfg, self.comm, self.cfg["train"]
-        coordinator = comm.rank == 0
+        coordinator = comm.is_coordinator
         splits, model, loss_fn, opt, sched, sampler = s.splits, s.model, s.loss_fn, s.opt, s.sched, s.sampler
         flat, total, log, metrics = opt.flat, s.total, s.log, s.metrics
         dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
@@ -264,6 +277,12 @@ class Trainer:
                         last_ckpt = self._save(step, sampler, model, opt, sched, splits)
                 if self._signal is not None and not is_last:
                     raise Interrupted(self._signal, step, last_ckpt if coordinator else None)
+        except PeerLost:
+            # A lost worker (or server) ends the job; the coordinator keeps the last finished step.
+            if coordinator and (last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}.npz")):
+                last_ckpt = self._save(step, sampler, model, opt, sched, splits)
+                log.info(f"checkpoint of step {step} written: {last_ckpt}")
+            raise
         finally:
             flat.on_grad_ready = None
             self._restore_signal_handlers(previous_handlers)
