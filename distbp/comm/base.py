@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import zlib
 from typing import Any, Callable
 
@@ -54,6 +55,10 @@ class Communicator:
         self.check_same("config hash", int(config_hash, 16),
                         "every rank must be started with the same config and --set overrides")
         self.check_same("parameter count", numel, "the ranks built different models")
+
+    def log(self, message: str) -> None:
+        """Report something the user should see (the Trainer routes it into the run's log)."""
+        print(message, file=sys.stderr, flush=True)
 
     def fail(self, message: str, code: int) -> None:
         """This process is ending the job with an error: tell the peers that need telling."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket as pysocket
-import sys
 import threading
 import time
 import uuid
@@ -29,10 +28,6 @@ from . import wire
 from .base import Communicator, MismatchError, PeerLost, ServerStopped
 
 HB_SUFFIX = b"/hb"
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _curve_server(sock: zmq.Socket, ctx: zmq.Context, key_dir: Path) -> Any:
@@ -96,7 +91,6 @@ class ZMQServer(Communicator):
         self.heartbeat_s, self.timeout_s = float(cfg["heartbeat_s"]), float(cfg["timeout_s"])
         self.join_timeout_s = float(cfg["join_timeout_s"])
         self.counters = wire.Counters()
-        self.log: Callable[[str], None] = _stderr
         self.peers: list[_Peer] = []
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
@@ -186,23 +180,17 @@ class ZMQServer(Communicator):
                 continue  # _deadline raises once a worker has been silent too long
             rank = self._rank_of(msg[0])
             if rank is None:
-                self.counters.drop("unknown-sender")
-                self.log(f"dropped a message from an unknown sender {msg[0][:32]!r}")
+                self._dropped("unknown-sender", msg[0])
                 continue
             self.peers[rank].last_seen = time.monotonic()
-            header = self._decode(msg[1:], {"type": {"grad", "heartbeat", "bye"}}, msg[0])
+            # One check for all three: expect's step and nbytes apply to the fields a message has.
+            header = self._decode(msg[1:], dict(expect, type={"grad", "heartbeat", "bye"}, rank=rank), msg[0])
             if header is None or header["type"] == "heartbeat":
                 continue
             if header["type"] == "bye":
                 raise PeerLost(f"worker {rank} ({self.peers[rank].name}) left during step {step + 1}")
-            try:
-                wire.decode(msg[1:], dict(expect, rank=rank))
-            except wire.WireError as e:
-                self._dropped(e, msg[0])
-                continue
             if frames[rank] is not None:
-                self.counters.drop("duplicate")
-                self.log(f"dropped a second gradient of worker {rank} for step {step + 1}")
+                self._dropped("duplicate", msg[0])
                 continue
             frames[rank] = msg[2]
             losses[rank] = header["loss"]
@@ -238,6 +226,8 @@ class ZMQServer(Communicator):
         if self._closed:
             return
         self._closed = True
+        if self.counters.n_dropped:
+            self.log(f"messages: {self.counters.summary()}")
         if self._sock is not None:
             self._sock.close(linger=2000)
         if self._auth is not None:
@@ -281,9 +271,12 @@ class ZMQServer(Communicator):
         self.counters.accept(header["type"])
         return header
 
-    def _dropped(self, error: wire.WireError, identity: Any) -> None:
+    def _dropped(self, error: wire.WireError | str, identity: Any) -> None:
         self.counters.drop(error)
-        self.log(f"dropped a message from {bytes(identity)[:32]!r}: {error}")
+        reason = error.reason if isinstance(error, wire.WireError) else error
+        # The first few of each kind are logged; a flood is counted and summed up at the end.
+        if self.counters.dropped[reason] <= 5:
+            self.log(f"dropped a message from {bytes(identity)[:32]!r}: {error}")
 
     def _send(self, identity: bytes, type_: str, payload: np.ndarray | None = None, **fields: Any) -> None:
         try:
@@ -381,7 +374,7 @@ class ZMQWorker(Communicator):
                 if header["type"] in types and expect:
                     wire.decode(frames, expect)
             except wire.WireError as e:
-                _stderr(f"distbp worker {self.rank}: dropped a message from the server: {e}")
+                self.log(f"distbp worker {self.rank}: dropped a message from the server: {e}")
                 continue
             if header["type"] == "heartbeat":
                 deadline = time.monotonic() + timeout_s
@@ -395,7 +388,7 @@ class ZMQWorker(Communicator):
         sock = self._connect(self.identity + HB_SUFFIX)
         try:
             while not self._hb_stop.wait(self.heartbeat_s):
-                sock.send_multipart(wire.encode("heartbeat", rank=self.rank, step=self._step))
+                sock.send_multipart(wire.encode("heartbeat", rank=self.rank))
         finally:
             sock.close(linger=0)
 

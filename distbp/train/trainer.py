@@ -217,6 +217,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(f"# distbp {__version__}; config hash {self.hash}\n" + dump(cfg))
             metrics = MetricsFile(self.run_dir / "metrics.jsonl", start if ckpt is not None else None)
             log = RunLog(self.run_dir, total, start, tc["progress"], self.stream)
+            comm.log = log.info
             for w in self._warnings:
                 log.info(f"warning: {w}")
             log.info(f"distbp {__version__}: {model.num_parameters():,} parameters, {len(splits.train):,} training "
