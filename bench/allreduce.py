@@ -32,9 +32,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -42,6 +40,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from common import machine_info  # noqa: E402  (bench/ is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -58,58 +58,6 @@ BUSY_CORES = 0.25  # other processes using more than this many cores during a jo
 
 
 # -- shared with bench/scaling.py -----------------------------------------------------------
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    blas = "unknown"
-    try:
-        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{cfg.get('name')} {cfg.get('version')}"
-    except Exception:  # older numpy has no mode="dicts"; the BLAS name is only informative
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    info = {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "host": platform.node(),
-            "python": platform.python_version(), "numpy": np.__version__, "blas": blas,
-            "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "loadavg_at_start": load}
-    try:
-        import importlib.metadata
-        info["mpi4py"] = importlib.metadata.version("mpi4py")
-    except Exception:
-        info["mpi4py"] = "unknown"
-    info["code"] = code_version()
-    return info
-
-
-def code_version() -> str:
-    """The commit the measured distbp comes from, and whether distbp/ had uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "distbp"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    changed = [line[3:] for line in dirty if line.strip()]
-    if not head:
-        return "unknown (not a git checkout)"
-    return f"git {head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
 def print_machine(info: dict) -> None:
     load = info.get("loadavg_at_start")
     load_s = "unknown" if load is None else ", ".join(f"{v:.2f}" for v in load)

@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{ms(ph['optimizer']):>10} {ms(res['summary']['weak']['step_s'])}")
     print()
 
-    print(f"contention (same job, interleaved): the weak step's compute without the all-reduce, run on rank 0 "
-          f"alone while the others sleep (solo) and on all ranks at once (compute)")
+    print("contention (same job, interleaved): the weak step's compute without the all-reduce, run on rank 0 "
+          "alone while the others sleep (solo) and on all ranks at once (compute)")
     header = (f"{'N':>2} {'solo ms':>8} {'all ranks ms':>12} {'slowdown':>9} {'weak step ms':>12} "
               f"{'speedup vs solo':>16} {'vs 1-rank job':>14}")
     print(header)

@@ -37,13 +37,14 @@ import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from common import machine_info  # noqa: E402  (bench/ is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -406,31 +407,6 @@ def memory_run(steps: int, warmup: int, batch: int = 64) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    blas = "unknown"
-    try:
-        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{cfg.get('name')} {cfg.get('version')}"
-    except Exception:  # older numpy has no mode="dicts"; the BLAS name is only informative
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
-            "python": platform.python_version(), "numpy": np.__version__, "blas": blas,
-            "blas_threads": os.environ["OPENBLAS_NUM_THREADS"]}
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.2f}"
 

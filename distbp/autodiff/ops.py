@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tensor import Primitive, Tensor, apply, unbroadcast
+from .tensor import Primitive, Tensor, unbroadcast
 
 
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
