@@ -46,6 +46,8 @@ def _curve_server(sock: zmq.Socket, ctx: zmq.Context, key_dir: Path) -> Any:
 
 
 def _curve_client(sock: zmq.Socket, key_dir: Path) -> None:
+    import zmq.auth  # a submodule: ``import zmq`` alone does not load it
+
     server_public = key_dir / "server.key"
     client_secret = key_dir / "client.key_secret"
     for f in (server_public, client_secret):
@@ -108,7 +110,9 @@ class ZMQServer(Communicator):
     # -- joining ----------------------------------------------------------------------------
     def handshake(self, config_hash: str, numel: int) -> None:
         self._numel = numel
-        sock = self._ctx.socket(zmq.ROUTER)
+        # Kept on self at once: close() must close it even if CURVE set-up or bind fails, or
+        # the context's term() would wait for it forever.
+        sock = self._sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Nothing larger than a gradient is ever expected: a bigger frame is refused by
@@ -120,7 +124,6 @@ class ZMQServer(Communicator):
             sock.bind(self.cfg["endpoint"])
         except zmq.ZMQError as e:
             raise PeerLost(f"comm.endpoint: cannot bind {self.cfg['endpoint']}: {e}") from None
-        self._sock = sock
         self.log(f"parameter server on {self.cfg['endpoint']}: waiting for {self.size} worker(s)")
         deadline = time.monotonic() + self.join_timeout_s
         while len(self.peers) < self.size:
@@ -142,11 +145,18 @@ class ZMQServer(Communicator):
             if differs:
                 reason = "; ".join(differs)
                 self.log(f"refused worker {name}: {reason}")
-                self._send(identity, "refuse", reason=reason)
+                try:
+                    self._send(identity, "refuse", reason=reason)
+                except PeerLost:
+                    pass  # it has gone already: a stranger that hangs up must not end the job
                 continue
             rank = len(self.peers)
+            try:
+                self._send(identity, "welcome", rank=rank, world=self.size, step=0)
+            except PeerLost:
+                self.log(f"worker {name} left before it was admitted")
+                continue
             self.peers.append(_Peer(identity, name))
-            self._send(identity, "welcome", rank=rank, world=self.size, step=0)
             self.log(f"worker {rank} joined: {name}")
 
     def agree_u64(self, value: int) -> int:
@@ -220,7 +230,10 @@ class ZMQServer(Communicator):
         if self._sock is None or self._closed:
             return
         for peer in self.peers:
-            self._send(peer.identity, "stop", reason=message[:1000], code=code)
+            try:
+                self._send(peer.identity, "stop", reason=message[:1000], code=code)
+            except PeerLost:
+                pass  # that worker is the one gone: the others must still hear of it
 
     def close(self) -> None:
         if self._closed:
@@ -282,7 +295,9 @@ class ZMQServer(Communicator):
         try:
             self._sock.send_multipart([identity, *wire.encode(type_, payload, **fields)], copy=False)
         except zmq.ZMQError as e:  # ROUTER_MANDATORY: that worker is gone
-            raise PeerLost(f"cannot reach worker {self._rank_of(identity)}: {e}") from None
+            rank = self._rank_of(identity)
+            who = f"worker {rank} ({self.peers[rank].name})" if rank is not None else f"peer {identity[:32]!r}"
+            raise PeerLost(f"{who} is gone: cannot send to it ({e})") from None
 
 
 class ZMQWorker(Communicator):
@@ -303,6 +318,7 @@ class ZMQWorker(Communicator):
         self._step = 0
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        self._admitted = False
         self._closed = False
 
     @property
@@ -325,6 +341,7 @@ class ZMQWorker(Communicator):
         if header["type"] == "refuse":
             raise MismatchError(f"the server refused this worker: {header['reason']}")
         self.rank, self.size = header["rank"], header["world"]
+        self._admitted = True
         self._hb_thread = threading.Thread(target=self._heartbeats, name="distbp-heartbeat", daemon=True)
         self._hb_thread.start()
 
@@ -393,7 +410,7 @@ class ZMQWorker(Communicator):
             sock.close(linger=0)
 
     def fail(self, message: str, code: int) -> None:
-        if not self._closed:
+        if self._admitted and not self._closed:  # a refused worker has nobody to say bye to
             try:
                 self._sock.send_multipart(wire.encode("bye", rank=self.rank), flags=zmq.NOBLOCK)
             except zmq.ZMQError:

@@ -288,6 +288,8 @@ class Trainer:
             flat.on_grad_ready = None
             self._restore_signal_handlers(previous_handlers)
             if coordinator:
+                # The communicator outlives the run's log (its close may still report): stderr again.
+                vars(comm).pop("log", None)
                 log.close()
                 metrics.close()
         return RunResult(step, val_loss, val_acc, last_ckpt, 0.0)

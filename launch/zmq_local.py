@@ -1,0 +1,275 @@
+"""launch/zmq-local N [distbp-train args...]: one ZeroMQ parameter server and N workers on
+this machine, as separate processes, for the same job that docker/docker-compose.yml runs as
+containers.
+
+    launch/zmq-local 3                                   # the default config, 3 workers
+    launch/zmq-local 2 --config configs/max-margin.yaml --run-dir runs/mm
+    launch/zmq-local --print-commands 2 --set train.max_steps=20
+
+Every process gets the same distbp-train arguments (yours), then the launcher's own:
+``--set comm.backend=zmq --set comm.role=server|worker [--set comm.workers=N]
+--set comm.endpoint=tcp://127.0.0.1:PORT`` (PORT a free loopback port, unless you pass
+``--set comm.endpoint=...`` yourself). The environment adds ``DISTBP_LOCAL_PROCS=N+1`` (so each
+process caps its BLAS threads at cores // (N+1) unless comm.threads is given) and
+``PYTHONUNBUFFERED=1``. The server's output passes through; workers' lines are prefixed with
+``[worker i]`` (i is the launch index; the server assigns ranks in joining order) on stderr.
+
+The launcher exits with the server's exit code (128 + signal if the server was killed by one).
+SIGINT, SIGTERM or SIGHUP to the launcher is forwarded to the server, which finishes its step,
+writes a checkpoint, tells the workers to stop and exits 128 + signal; a second signal, or a
+server still running ``--grace`` seconds later, gets every child killed. Each child runs in its
+own process group, which is killed on every way out of the launcher; on Linux the children
+also get SIGTERM if the launcher itself is killed (PR_SET_PDEATHSIG).
+
+``--print-commands`` prints, one line per process (the server first, then the workers), the
+environment variables the launcher sets and the exact command line, shell-quoted, and exits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Sequence
+
+PROG = "zmq-local"
+USAGE = f"usage: {PROG} [--print-commands] [--grace SECONDS] N [distbp-train args...]"
+OWN_KEYS = ("comm.backend", "comm.role", "comm.workers")  # the launcher's to set, not the user's
+WORKER_GRACE_S = 10.0  # after the server exits, how long workers get to exit by themselves
+KILL_WAIT_S = 5.0  # between SIGTERM and SIGKILL of a leftover process group
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- the commands -------------------------------------------------------------------------------
+def user_sets(args: Sequence[str]) -> dict[str, str]:
+    """The ``--set key=value`` overrides among distbp-train arguments (both spellings)."""
+    found = {}
+    for i, a in enumerate(args):
+        item = None
+        if a == "--set" and i + 1 < len(args):
+            item = args[i + 1]
+        elif a.startswith("--set="):
+            item = a[len("--set="):]
+        if item is not None and "=" in item:
+            key, _, value = item.partition("=")
+            found[key.strip()] = value
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def plan(n: int, args: Sequence[str], python: str = sys.executable,
+         environ: dict[str, str] | None = None, port: int | None = None) -> list[tuple[dict[str, str], list[str]]]:
+    """(environment additions, argv) of the server, then of each of the n workers."""
+    environ = os.environ if environ is None else environ
+    sets = user_sets(args)
+    for key in OWN_KEYS:
+        if key in sets:
+            raise UsageError(f"--set {key}=...: {PROG} sets {key} itself (N is the number of workers)")
+    env = {"DISTBP_LOCAL_PROCS": environ.get("DISTBP_LOCAL_PROCS") or str(n + 1), "PYTHONUNBUFFERED": "1"}
+    program = [python, "-m", "distbp.cli", *args, "--set", "comm.backend=zmq"]
+    endpoint = [] if "comm.endpoint" in sets else \
+        ["--set", f"comm.endpoint=tcp://127.0.0.1:{port if port is not None else free_port()}"]
+    server = [*program, "--set", "comm.role=server", "--set", f"comm.workers={n}", *endpoint]
+    worker = [*program, "--set", "comm.role=worker", *endpoint]
+    return [(env, server)] + [(env, list(worker)) for _ in range(n)]
+
+
+def command_line(env: dict[str, str], argv: Sequence[str]) -> str:
+    """One shell line: NAME=value ... argv, quoted so that it can be pasted into sh."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.quote(a) for a in argv])
+
+
+# -- running them -------------------------------------------------------------------------------
+def _die_with_parent_hook():
+    """A preexec_fn that asks Linux to SIGTERM the child when the launcher dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the line above: do as it asks
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook if sys.platform.startswith("linux") else None
+
+
+def _copy_prefixed(stream: IO[bytes], prefix: bytes, out: IO[bytes], lock: threading.Lock) -> None:
+    try:
+        for line in iter(stream.readline, b""):
+            with lock:
+                try:
+                    out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+                    out.flush()
+                except (OSError, ValueError):
+                    pass  # our stderr is gone; keep draining so the worker never blocks
+    finally:
+        stream.close()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _stop(procs: list[subprocess.Popen], wait_s: float) -> None:
+    """Let procs exit within wait_s, then SIGTERM their groups, then SIGKILL; reap them all."""
+    for sig, limit in ((None, wait_s), (signal.SIGTERM, KILL_WAIT_S), (signal.SIGKILL, KILL_WAIT_S)):
+        if sig is not None:
+            for p in procs:
+                _signal_group(p, sig)
+        deadline = time.monotonic() + limit
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if all(p.returncode is not None for p in procs):
+            return
+
+
+def run(n: int, args: Sequence[str], grace_s: float) -> int:
+    if importlib.util.find_spec("distbp") is None:
+        print(f"{PROG}: error: distbp is not installed for {sys.executable}; run the README's set-up "
+              "(python3 -m venv .venv && .venv/bin/pip install -e '.[digits]') or set DISTBP_PYTHON",
+              file=sys.stderr)
+        return 1
+    commands = plan(n, args)
+    # The config is checked once, by the server's command line, before anything starts: a bad
+    # key gives one message and exit code 2, not one per process.
+    env_add, argv = commands[0]
+    check = subprocess.run([*argv, "--print-config"], env=dict(os.environ, **env_add), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL)
+    if check.returncode != 0:
+        return 128 - check.returncode if check.returncode < 0 else check.returncode
+    hook = _die_with_parent_hook()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    server: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    lock = threading.Lock()
+    try:
+        for i, (env_add, argv) in enumerate(commands):
+            env = dict(os.environ, **env_add)
+            if i == 0:
+                # A session of its own: a terminal's Ctrl-C reaches the launcher only, which
+                # forwards it once, to the server (workers stop when the server says so).
+                server = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                          preexec_fn=hook)
+            else:
+                workers.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=hook))
+        # Threads only after every fork (preexec_fn and threads do not mix).
+        for i, w in enumerate(workers):
+            t = threading.Thread(target=_copy_prefixed, args=(w.stdout, f"[worker {i}] ".encode(),
+                                                             sys.stderr.buffer, lock), daemon=True)
+            t.start()
+            readers.append(t)
+
+        forwarded, deadline = 0, None
+        reported: dict[int, float] = {}  # worker index: when it failed
+        while server.poll() is None:
+            if len(received) > forwarded:
+                if forwarded == 0:
+                    _signal_group(server, received[0])
+                    deadline = time.monotonic() + grace_s
+                    print(f"{PROG}: {signal.Signals(received[0]).name}: asked the server to checkpoint and stop "
+                          f"(a second signal kills the job)", file=sys.stderr, flush=True)
+                else:
+                    print(f"{PROG}: second signal: killing the job", file=sys.stderr, flush=True)
+                    for p in (server, *workers):
+                        _signal_group(p, signal.SIGKILL)
+                forwarded = len(received)
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"{PROG}: the server did not stop within {grace_s:g} s: killing the job",
+                      file=sys.stderr, flush=True)
+                _stop([server, *workers], 0)
+            for i, w in enumerate(workers):
+                if w.poll() not in (None, 0) and i not in reported:
+                    reported[i] = time.monotonic()
+                if i in reported and reported[i] and time.monotonic() - reported[i] > 1.0:
+                    reported[i] = 0.0  # said once, if the server has not ended the job by then
+                    print(f"{PROG}: worker {i} exited with code {w.returncode}; the server will stop the job "
+                          "(comm.timeout_s, comm.join_timeout_s)", file=sys.stderr, flush=True)
+            time.sleep(0.05)
+        code = server.returncode
+        # Workers exit by themselves once the server has sent the last parameters or a stop;
+        # ones still waiting (say, for a server that never started) are ended.
+        _stop(workers, WORKER_GRACE_S if code == 0 else 2.0)
+        return 128 - code if code < 0 else code
+    finally:
+        _stop([p for p in (server, *workers) if p is not None], 0)
+        for t in readers:
+            t.join(timeout=2.0)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print_commands = "--print-commands" in argv
+    argv = [a for a in argv if a != "--print-commands"]
+    grace_s = 60.0
+    while argv and argv[0].startswith("-"):
+        opt = argv.pop(0)
+        if opt in ("-h", "--help"):
+            print(USAGE + "\n\n" + __doc__.strip())
+            return 0
+        if opt == "--grace" and argv:
+            opt = "--grace=" + argv.pop(0)
+        if opt.startswith("--grace="):
+            try:
+                grace_s = float(opt.split("=", 1)[1])
+            except ValueError:
+                grace_s = -1.0
+            if not grace_s > 0:
+                print(f"{USAGE}\n{PROG}: error: --grace: expected a positive number of seconds", file=sys.stderr)
+                return 2
+            continue
+        print(f"{USAGE}\n{PROG}: error: unknown option {opt} (distbp-train's options go after N)", file=sys.stderr)
+        return 2
+    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
+        got = f"got {argv[0]!r}" if argv else "none given"
+        print(f"{USAGE}\n{PROG}: error: N, the number of workers, must be a positive integer ({got})",
+              file=sys.stderr)
+        return 2
+    n, args = int(argv[0]), argv[1:]
+    try:
+        if print_commands:
+            for env, cmd in plan(n, args):
+                print(command_line(env, cmd))
+            return 0
+        return run(n, args, grace_s)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the job started (run's handlers not yet in place)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
