@@ -1,4 +1,4 @@
-"""The MPI benchmarks run end to end (bench/allreduce.py and bench/scaling.py with --quick):
+"""The multi-process benchmarks run end to end (bench/allreduce.py, bench/scaling.py and bench/ps.py with --quick):
 they exit 0, print their ratio lines and write their JSON. No timing is asserted: the machine
 is shared and noisy, and the figures are the benchmarks' business, not the tests'."""
 
@@ -65,3 +65,18 @@ def test_scaling_quick(tmp_path):
         assert r["summary"]["weak"]["steps"] >= 1
         assert r["blas_threads"] in ([1], []), "each rank runs one BLAS thread"
     assert {"8", "16"} <= set(report["projection"]["ranks"])
+
+
+def test_ps_quick(tmp_path):
+    out = tmp_path / "ps.json"
+    res = run_bench("ps.py", out)
+    for n in (2, 4):
+        for kind in ("mpi", "zmq"):
+            assert re.search(rf"^ {n}  {kind} +[0-9,]+ +[0-9.]+ ", res.stdout, re.M), res.stdout
+        assert re.search(rf"^(PASS|FAIL)  N={n} .*: ZeroMQ at [0-9.]+% of MPI's samples/s", res.stdout, re.M), \
+            res.stdout
+    assert "N=4 oversubscribes them" in res.stdout
+    report = json.loads(out.read_text())
+    assert set(report["workers"]) == {"2", "4"}
+    for row in report["workers"].values():
+        assert row["ratio"] > 0 and row["zmq"]["steps"] >= 1 and row["mpi"]["steps"] >= 1

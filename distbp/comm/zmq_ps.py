@@ -335,8 +335,8 @@ class ZMQWorker(Communicator):
         return sock
 
     def handshake(self, config_hash: str, numel: int) -> None:
-        self._sock.send_multipart(wire.encode("hello", version=__version__, config_hash=config_hash, numel=numel,
-                                              host=pysocket.gethostname(), pid=os.getpid()))
+        self._send(wire.encode("hello", version=__version__, config_hash=config_hash, numel=numel,
+                               host=pysocket.gethostname(), pid=os.getpid()), self.join_timeout_s, "its hello")
         header, _ = self._wait({"welcome", "refuse"}, self.join_timeout_s, "to admit this worker")
         if header["type"] == "refuse":
             raise MismatchError(f"the server refused this worker: {header['reason']}")
@@ -364,8 +364,8 @@ class ZMQWorker(Communicator):
     def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
                   stats: np.ndarray) -> np.ndarray:
         step = self._step
-        self._sock.send_multipart(wire.encode("grad", grad, step=step, rank=self.rank, loss=float(stats[0]),
-                                              stop=int(stats[1] > 0)), copy=False)
+        self._send(wire.encode("grad", grad, step=step, rank=self.rank, loss=float(stats[0]), stop=int(stats[1] > 0)),
+                   self.timeout_s, f"the gradient of step {step + 1}")
         header, payload = self._wait({"params"}, self.timeout_s, f"the parameters of step {step + 1}",
                                      {"step": step + 1, "nbytes": params.nbytes})
         wire.copy_into(params, payload)
@@ -374,6 +374,16 @@ class ZMQWorker(Communicator):
 
     def check_replicas(self, params: np.ndarray, step: int) -> None:
         pass
+
+    def _send(self, frames: list[Any], timeout_s: float, what: str) -> None:
+        # A DEALER's send blocks while it has no connection to queue on (one whose CURVE
+        # handshake was refused has none): a deadline here too, or a refused worker hangs.
+        self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
+        try:
+            self._sock.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise PeerLost(f"the server at {self.cfg['endpoint']} took nothing for {timeout_s:g} s while this "
+                           f"worker sent it {what}") from None
 
     def _wait(self, types: set[str], timeout_s: float, what: str,
               expect: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
@@ -405,7 +415,10 @@ class ZMQWorker(Communicator):
         sock = self._connect(self.identity + HB_SUFFIX)
         try:
             while not self._hb_stop.wait(self.heartbeat_s):
-                sock.send_multipart(wire.encode("heartbeat", rank=self.rank))
+                try:  # never blocks: a heartbeat that cannot be queued now is skipped
+                    sock.send_multipart(wire.encode("heartbeat", rank=self.rank), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
         finally:
             sock.close(linger=0)
 
