@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import machine_info  # noqa: E402  (bench/ is on sys.path)
+from common import finish, machine_info  # noqa: E402  (bench/ is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -442,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         over = " (oversubscribed)" if res["oversubscribed"] else ""
         print(f"{'PASS' if ok else 'FAIL'}  N={n}{over}: distbp sync at {row['distbp_pct_of_raw']:.1f}% of raw "
               f"Allreduce speed (target >= {100 * TARGET:.0f}%; A/A control {row['aa_pct_of_raw']:.1f}%)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 1 if args.strict and not all(verdicts) else 0
+    return finish(report, args.json, args.strict, verdicts)
 
 
 if __name__ == "__main__":

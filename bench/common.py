@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -60,3 +61,12 @@ def code_version() -> str:
     if not head:
         return "unknown (not a git checkout)"
     return f"git {head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def finish(report: dict, json_path: str | None, strict: bool, verdicts: list[bool]) -> int:
+    """Write the figures to ``--json PATH`` if asked; the exit status (1 under ``--strict``
+    when a target failed, else 0: a benchmark reports, it does not judge by default)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"figures written to {json_path}")
+    return 1 if strict and not all(verdicts) else 0

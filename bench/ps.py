@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info  # noqa: E402  (bench/ is on sys.path)
+from common import finish, machine_info  # noqa: E402  (bench/ is on sys.path)
 
 TARGET = 0.70  # issue 6: ZeroMQ at >= 70% of MPI's throughput
 BUSY_CORES = 0.25  # a run during which other processes kept more cores busy than this is run again
@@ -402,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in prof[who].items():
                     if k != "steps":
                         print(f"    {k:<55} {v:8.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 1 if args.strict and not all(verdicts) else 0
+    return finish(report, args.json, args.strict, verdicts)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/allreduce.py's helpers
 
-import allreduce as arb  # noqa: E402
+import allreduce as arb
+from common import finish  # noqa: E402
 
 SIZES = arb.MLP_SIZES
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
@@ -455,10 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     report["busy"] = busy is not None
     if busy:
         print(busy)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 1 if args.strict and not all(verdicts) else 0
+    return finish(report, args.json, args.strict, verdicts)
 
 
 if __name__ == "__main__":

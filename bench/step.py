@@ -44,7 +44,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import machine_info  # noqa: E402  (bench/ is on sys.path)
+from common import finish, machine_info  # noqa: E402  (bench/ is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -542,10 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'PASS' if mem['ok'] else 'FAIL'}  memory: RSS growth over {mem['steps']} distbp steps "
           f"{mem['growth_mb']:+.2f} MB ({mem['growth_pct']:+.2f}%) (target < 1% or < 2 MB)")
 
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 1 if args.strict and not all(verdicts) else 0
+    return finish(report, args.json, args.strict, verdicts)
 
 
 if __name__ == "__main__":

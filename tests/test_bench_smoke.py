@@ -1,4 +1,4 @@
-"""The multi-process benchmarks run end to end (bench/allreduce.py, bench/scaling.py and bench/ps.py with --quick):
+"""The benchmarks run end to end (bench/step.py, allreduce.py, scaling.py and ps.py with --quick):
 they exit 0, print their ratio lines and write their JSON. No timing is asserted: the machine
 is shared and noisy, and the figures are the benchmarks' business, not the tests'."""
 
@@ -80,3 +80,15 @@ def test_ps_quick(tmp_path):
     assert set(report["workers"]) == {"2", "4"}
     for row in report["workers"].values():
         assert row["ratio"] > 0 and row["zmq"]["steps"] >= 1 and row["mpi"]["steps"] >= 1
+
+
+def test_step_quick(tmp_path):
+    """bench/step.py: the same-math check passes and the ratio lines are printed."""
+    out = tmp_path / "step.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "step.py"), "--quick", "--no-torch", "--mem-steps", "20",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("-> OK") == 2, res.stdout  # distbp and hand-written agree at both batch sizes
+    for batch in (64, 512):
+        assert re.search(rf"^ +{batch} +[0-9.]+ +[0-9.]+ +- +[0-9.]+ ", res.stdout, re.M), res.stdout
+    assert json.loads(out.read_text())["targets"]
