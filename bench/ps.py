@@ -73,31 +73,24 @@ from distbp.comm import wire, zmq_ps
 T = {}
 def add(key, dt):
     T[key] = T.get(key, 0.0) + dt
-def timed(cls, name, key):
+state = {"last": None, "in_sync": False}
+def timed(cls, name, key, only_in_sync=False):  # only_in_sync: calls made during a step's exchange
     original = getattr(cls, name)
     def wrapper(*a, **k):
+        if only_in_sync and not state["in_sync"]:
+            return original(*a, **k)
         t = time.perf_counter()
         try:
             return original(*a, **k)
         finally:
             add(key, time.perf_counter() - t)
     setattr(cls, name, wrapper)
+def timed_in_sync(cls, name, key):
+    timed(cls, name, key, only_in_sync=True)
 # the sum of the workers' gradients (server) and the copy of the received parameters (worker)
 timed(wire, "copy_into", "copy_into")
 timed(wire, "add_into", "add_into")
 S = zmq_ps.ZMQServer
-state = {"last": None, "in_sync": False}
-def timed_in_sync(cls, name, key):  # only the calls made during a training step's exchange
-    original = getattr(cls, name)
-    def wrapper(*a, **k):
-        if not state["in_sync"]:
-            return original(*a, **k)
-        t = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            add(key, time.perf_counter() - t)
-    setattr(cls, name, wrapper)
 timed_in_sync(S, "_recv", "server_recv")            # waiting for and receiving the workers' messages
 timed_in_sync(S, "_send", "server_send")            # handing params/heartbeats to libzmq (zero-copy)
 W = zmq_ps.ZMQWorker
