@@ -179,3 +179,30 @@ def test_the_readme_main_job_four_workers_on_the_default_config(tmp_path):
     assert evals[-1]["val_accuracy"] >= 0.97
     assert "4 worker(s)" in res.stdout and res.stderr == ""
     assert (run / "checkpoints" / "step-00000390.npz").is_file()
+
+
+SCRAMBLED_STATE = """
+import sys
+import numpy as np
+from distbp.train import trainer as T
+original = T.Trainer._restore
+def restore(self, ckpt, model, opt, sched):
+    original(self, ckpt, model, opt, sched)
+    if self.comm.rank == 1:  # as if rank 1 had read another file: rank 0's state must win
+        for v in opt.state.values():
+            if isinstance(v, np.ndarray):
+                v += 1.0
+T.Trainer._restore = restore
+from distbp.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def test_resumed_replicas_take_the_coordinators_optimizer_state(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert mpirun(2, full).returncode == 0
+    stop = [o for o in OVERRIDES if not o.startswith("train.max_steps")] + ["train.max_steps=17"]
+    assert mpirun(2, part, overrides=stop).returncode == 0
+    res = mpirun(2, part, "--resume", "auto", "--set", "comm.check_every=1", script=SCRAMBLED_STATE)
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(final_params(part), final_params(full))

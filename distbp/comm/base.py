@@ -99,6 +99,13 @@ class Communicator:
         """Overwrite ``flat`` on every worker with root's values, in place; returns it."""
         raise NotImplementedError
 
+    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
+        """Give every replica the coordinator's optimizer state (after a resume; zeros at a
+        fresh start), as DDP users expect. Transports whose workers keep no optimizer
+        state (the parameter server) override this with nothing to do."""
+        for a in arrays:
+            self.broadcast_(a)
+
     def iallreduce_sum_(self, view: np.ndarray) -> Any:
         """Start summing ``view`` in place over all workers; returns a handle for wait_all."""
         raise NotImplementedError

@@ -166,6 +166,9 @@ class ZMQServer(Communicator):
     def check_same(self, what: str, value: int, hint: str = "") -> None:
         pass  # the hello compared config hash, parameter count and version
 
+    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
+        pass  # the optimizer lives here only
+
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
         for peer in self.peers:
             self._send(peer.identity, "start", flat, step=self._step)
@@ -352,6 +355,9 @@ class ZMQWorker(Communicator):
 
     def check_same(self, what: str, value: int, hint: str = "") -> None:
         pass
+
+    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
+        pass  # the server owns the optimizer
 
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
         if self._start is None or len(self._start) != flat.nbytes:

@@ -208,8 +208,10 @@ class Trainer:
             sched.load_state_dict(dict(sched.state_dict(), t=start))
         if cfg["comm"]["overlap"] and comm.size > 1:
             flat.on_grad_ready = comm.overlap(flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
-        # Every replica starts from the coordinator's parameters (as DDP does at construction).
+        # Every replica starts from the coordinator's parameters and optimizer state (as DDP
+        # does at construction), whatever each read from disk.
         comm.broadcast_(flat.data, root=0)
+        comm.broadcast_state_([v for _, v in sorted(opt.state.items()) if isinstance(v, np.ndarray)])
 
         log = metrics = None
         if coordinator:
