@@ -187,6 +187,7 @@ class Trainer:
         # Agree on config and model before anything is written; a parameter server assigns
         # this worker's rank here, which fixes its slice of every batch.
         comm.handshake(self.hash, flat.numel)
+        processes = comm.processes()
         coordinator = comm.is_coordinator
         ckpt, start = self._resume_checkpoint()
         if ckpt is not None and not _same_preprocessing(ckpt, splits.preprocessor):
@@ -226,6 +227,9 @@ class Trainer:
                      f"and {len(splits.val):,} validation samples, {comm.size} worker(s), global batch "
                      f"{tc['global_batch']}, {total} steps ({sampler.steps_per_epoch} per epoch), "
                      f"{threads} BLAS thread(s) per worker")
+            if processes:
+                # mpiexec names a lost process only by PID and host: this line maps it to a rank.
+                log.info("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(processes)))
             if ckpt is not None:
                 log.info(f"resumed from {ckpt.path} at step {start}")
         return _Run(splits, model, loss_fn, opt, sched, sampler, total, start,
@@ -250,9 +254,13 @@ class Trainer:
                 samples_since_log += batch
                 is_last = step == total
                 # The step's exchange also summed the loss and whether any process was
-                # signalled, so that all stop after the same step (none left waiting).
+                # signalled before it. Only that agreed flag stops the loop: a signal that
+                # lands on one rank after its exchange is acted on at the next step by all,
+                # not now by that rank alone (the others would wait for it in the next
+                # all-reduce, where no Python signal handler runs, and the job would hang).
                 loss = float(stats[0])
-                if stats[1] > 0 and self._signal is None:
+                stop = stats[1] > 0
+                if stop and self._signal is None:
                     self._signal = signal.SIGTERM
                 if step % cfg["comm"]["check_every"] == 0 or is_last:
                     comm.check_replicas(flat.data, step)
@@ -276,9 +284,9 @@ class Trainer:
                         metrics.write({"step": step, "val_loss": val_loss, "val_accuracy": val_acc})
                         acc = "" if val_acc is None else f" val_accuracy {val_acc:.4f}"
                         log.info(f"eval step {step}: val_loss {val_loss:.4f}{acc}")
-                    if step % cfg["checkpoint"]["every"] == 0 or is_last or self._signal is not None:
+                    if step % cfg["checkpoint"]["every"] == 0 or is_last or stop:
                         last_ckpt = self._save(step, sampler, model, opt, sched, splits)
-                if self._signal is not None and not is_last:
+                if stop and not is_last:
                     raise Interrupted(self._signal, step, last_ckpt if coordinator else None)
         except PeerLost:
             # A lost worker (or server) ends the job; the coordinator keeps the last finished step.
