@@ -124,6 +124,12 @@ class Communicator:
         """Every rank's ``value`` (an unsigned 64-bit integer), in rank order, on every rank."""
         raise NotImplementedError
 
+    def processes(self) -> list[str]:
+        """"pid@host" of every rank, in rank order, on every rank (a collective), so that a
+        launcher's report of a lost PID can be matched to its rank; empty where the
+        transport names its peers itself or there is only one."""
+        return []
+
     def check_same(self, what: str, value: int, hint: str = "") -> None:
         """Raise MismatchError on every rank, naming the ranks whose ``value`` differs from
         rank 0's; a collective, so every rank must call it at the same point."""

@@ -93,6 +93,16 @@ class MPICommunicator(Communicator):
         self._comm.Allgather(mine, out)
         return out
 
+    def processes(self) -> list[str]:
+        # Fixed-width bytes through the buffer interface: no pickled objects on the wire.
+        width = 128
+        mine = np.zeros(width, dtype=np.uint8)
+        me = f"{os.getpid()}@{self._MPI.Get_processor_name()}".encode()[:width]
+        mine[:len(me)] = np.frombuffer(me, dtype=np.uint8)
+        out = np.empty((self.size, width), dtype=np.uint8)
+        self._comm.Allgather(mine, out)
+        return [bytes(row).rstrip(b"\0").decode(errors="replace") for row in out]
+
     def abort(self, code: int) -> None:
         """End every rank of the job now (no rank is left waiting in a collective)."""
         sys.stdout.flush()
