@@ -4,6 +4,7 @@ DESIGN invariants 1-3 checked against the single-process run."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,30 @@ def test_an_error_on_one_rank_aborts_the_whole_job(tmp_path):
     assert res.returncode == 1
     assert "distbp-train[rank 2]: error: internal error RuntimeError: injected fault" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+LATE_SIGNAL = """
+import signal, sys
+from distbp.train import trainer as T
+original = T.Trainer._train_step
+def late(self, step, *args):
+    out = original(self, step, *args)
+    if self.comm.rank == 1 and step == 6:
+        self._signal = signal.SIGTERM  # as if SIGTERM reached rank 1 just after its exchange
+    return out
+T.Trainer._train_step = late
+from distbp.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_seen_by_one_rank_after_its_exchange_stops_all_at_the_next_step(tmp_path):
+    # The flag went out as 0 in step 7's exchange; rank 1 alone must not stop after step 7
+    # (the others would wait for it in step 8's all-reduce forever): all stop after step 8.
+    res = mpirun(3, tmp_path, script=LATE_SIGNAL, timeout=60)
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr
+    assert "stopped by SIGTERM after step 8" in res.stderr
+    assert (tmp_path / "checkpoints" / "step-00000008.npz").exists()
 
 
 def test_ranks_with_different_configs_are_refused(tmp_path):
