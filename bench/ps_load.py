@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             err = (out_dir / "server.err").read_text(errors="replace")
             print("--- server stderr (tail):\n" + err[-2000:], file=sys.stderr)
     print(report(r), flush=True)
+    worst = max((v["growth_pct"] for v in r["memory"].values() if v["growth_pct"] is not None), default=None)
+    r["targets"] = {f"ps_no_message_lost@{a.workers}": {"limit": r["expected_grads"], "value": r["accepted_grads"],
+                                                         "ok": r["pass_no_loss"]},
+                    f"ps_rss_growth_pct@{a.workers}": {"limit": r["bound"], "value": worst, "ok": r["pass_memory_flat"]}}
     if a.json:
         a.json.write_text(json.dumps(r, indent=2) + "\n")
     return 1 if a.strict and not (r["pass_no_loss"] and r["pass_memory_flat"]) else 0
