@@ -202,7 +202,7 @@ def rank_named(output: str) -> int | None:
     return None
 
 
-def _newest_loads(run_dir: Path) -> tuple[int | None, bool, str]:
+def newest_checkpoint(run_dir: Path) -> tuple[int | None, bool, str]:
     found = list_checkpoints(run_dir / "checkpoints")
     if not found:
         return None, False, "no checkpoint"
@@ -243,7 +243,7 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
     named = rank_named(out)
     lost_lines = [line.strip() for line in out.splitlines()
                   if "BAD TERMINATION" in line or "KILLED BY SIGNAL" in line or "RANK" in line]
-    ckpt_step, loads, why = _newest_loads(run_dir)
+    ckpt_step, loads, why = newest_checkpoint(run_dir)
     resumed, bitwise = _resume(tmp_dir, run_dir, resume_n) if loads else (False, False)
     return {"fault": "kill -9 rank", "seed": seed, "killed_rank": rank, "killed_after_step": reached,
             "exit_code": code, "seconds_to_exit": took, "exited_nonzero": code is not None and code != 0,
@@ -273,7 +273,7 @@ def signal_job(tmp_dir: str | Path, seed: int, signum: int, target: str = "mpiex
         leftovers = job.cleanup()
     out = job.output()
     last = last_step(run_dir)
-    ckpt_step, loads, why = _newest_loads(run_dir)
+    ckpt_step, loads, why = newest_checkpoint(run_dir)
     within_one = ckpt_step is not None and 0 <= last - ckpt_step <= 1
     resumed, bitwise = _resume(tmp_dir, run_dir, N) if loads else (False, False)
     return {"fault": f"{name} to {target}", "seed": seed, "signalled_after_step": reached, "exit_code": code,
