@@ -23,6 +23,7 @@ from distbp.data import DataError, DistributedSampler
 from distbp.train import (CheckpointError, ConfigError, Interrupted, Trainer, TrainingError, config_hash,
                           list_checkpoints, read_checkpoint, resolve)
 from distbp.train import trainer as trainer_module
+from distbp.train.checkpoint import write_checkpoint
 from distbp.train.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,6 +316,27 @@ def test_damaged_newest_checkpoint_falls_back_and_completes(tmp_path):
     assert np.array_equal(_final_params(d), _final_params(tmp_path / "full"))
     log = (d / "train.log").read_text()
     assert "warning: skipping damaged checkpoint" in log
+
+
+def _rewrite_with_params(path: Path, params: np.ndarray) -> None:
+    """Rewrite a checkpoint with other params, verifying: its checksum is recomputed."""
+    ckpt = read_checkpoint(path)
+    path.unlink()
+    write_checkpoint(path.parent, ckpt.step, dict(ckpt.arrays, params=params), ckpt.meta, keep=100)
+
+
+def test_a_verified_checkpoint_with_the_wrong_parameter_count_is_skipped_or_refused(tmp_path):
+    _run(tmp_path / "full")
+    d = tmp_path / "run"
+    _run(d, "train.max_steps=13")
+    newest = d / "checkpoints" / "step-00000013.npz"
+    _rewrite_with_params(newest, read_checkpoint(newest).arrays["params"][:-1])
+    with pytest.raises(CheckpointError, match=rf"^{newest}: params hold \d+ float32 values; the model has \d+"):
+        _run(tmp_path / "other", resume=str(newest))
+    result, out = _run(d)
+    assert f"warning: skipping damaged checkpoint: {newest}: params hold" in out
+    assert "at step 10" in out and result.step == 30
+    assert np.array_equal(_final_params(d), _final_params(tmp_path / "full"))
 
 
 def test_resume_with_another_config_is_refused(tmp_path):

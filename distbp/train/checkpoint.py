@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,13 +142,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, arrays, meta)
 
 
-def latest_valid(directory: str | Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint in ``directory`` that verifies, and a warning for each newer one
-    that did not (skipped, never deleted, so nothing is lost)."""
+def latest_valid(directory: str | Path, fits: Callable[[Checkpoint], None] | None = None
+                 ) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint in ``directory`` that verifies (and that ``fits`` does not reject
+    with a CheckpointError), and a warning for each newer one that did not (skipped, never
+    deleted, so nothing is lost)."""
     warnings = []
     for path in reversed(list_checkpoints(directory)):
         try:
-            return read_checkpoint(path), warnings
+            ckpt = read_checkpoint(path)
+            if fits is not None:
+                fits(ckpt)
+            return ckpt, warnings
         except CheckpointError as e:
             warnings.append(f"skipping damaged checkpoint: {e}")
     return None, warnings

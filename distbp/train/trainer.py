@@ -95,7 +95,7 @@ class Trainer:
         self._signal: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------
-    def _resume_checkpoint(self) -> tuple[Checkpoint | None, int]:
+    def _resume_checkpoint(self, model: nn.Module, flat: Any) -> tuple[Checkpoint | None, int]:
         """The checkpoint to continue from (None to start fresh) and its step, agreed by all.
 
         The coordinator chooses. Replicas that run the optimizer themselves (MPI ranks) then
@@ -111,7 +111,13 @@ class Trainer:
                     raise CheckpointError(f"{ckpt_dir} already holds {len(existing)} checkpoint(s) of an earlier "
                                           "run; continue it with --resume auto, or choose another --run-dir")
             elif self.resume == "auto":
-                ckpt, self._warnings = latest_valid(ckpt_dir)
+                def fits(c: Checkpoint) -> None:
+                    # Another config's checkpoint is not skipped but refused (below): skipping
+                    # it would quietly start afresh in a directory of another run.
+                    if c.meta.get("config_hash") == self.hash:
+                        self._check_fits(c, model, flat)
+
+                ckpt, self._warnings = latest_valid(ckpt_dir, fits)
             else:
                 ckpt = read_checkpoint(self.resume)
             self._check_config(ckpt)
@@ -128,7 +134,10 @@ class Trainer:
                                   f"this run {self.hash}): " + ("; ".join(diff) or "unknown differences")
                                   + "; resume with the config that wrote it, or train into another --run-dir")
 
-    def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
+    @staticmethod
+    def _check_fits(ckpt: Checkpoint, model: nn.Module, flat: Any) -> None:
+        """CheckpointError unless the checkpoint's parameters are the model's, name, shape and
+        count (a file that verifies but does not fit was damaged or crafted)."""
         meta = ckpt.meta
         names = [n for n, _ in model.named_parameters()]
         shapes = [list(p.shape) for _, p in model.named_parameters()]
@@ -136,10 +145,14 @@ class Trainer:
             raise CheckpointError(f"{ckpt.path}: its parameters {list(zip(meta.get('param_names', []), meta.get('param_shapes', [])))} "
                                   f"do not match the model's {list(zip(names, shapes))}")
         params = ckpt.arrays["params"]
-        if params.shape != opt.flat.data.shape or params.dtype != opt.flat.data.dtype:
+        if params.shape != flat.data.shape or params.dtype != flat.data.dtype:
             raise CheckpointError(f"{ckpt.path}: params hold {params.size} {params.dtype} values; "
-                                  f"the model has {opt.flat.numel} {opt.flat.data.dtype}")
-        opt.flat.data[...] = params
+                                  f"the model has {flat.numel} {flat.data.dtype}")
+
+    def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
+        meta = ckpt.meta
+        self._check_fits(ckpt, model, opt.flat)
+        opt.flat.data[...] = ckpt.arrays["params"]
         state = {k[len("optim."):]: v for k, v in ckpt.arrays.items() if k.startswith("optim.")}
         state.update(meta["optimizer"]["scalars"])
         try:
@@ -189,7 +202,7 @@ class Trainer:
         comm.handshake(self.hash, flat.numel)
         processes = comm.processes()
         coordinator = comm.is_coordinator
-        ckpt, start = self._resume_checkpoint()
+        ckpt, start = self._resume_checkpoint(model, flat)
         if ckpt is not None and not _same_preprocessing(ckpt, splits.preprocessor):
             self._warnings.append(f"the training data's preprocessing statistics differ from those in {ckpt.path}; "
                                   "has the data file changed since?")
