@@ -81,7 +81,8 @@ def test_failed_write_leaves_previous_checkpoints_and_no_temp_file(tmp_path, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.np, "savez", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=rf"^{d / 'step-00000030.npz'}: could not write the checkpoint: "
+                                              r"disk full; the checkpoints already in .* are unchanged"):
         write_checkpoint(d, 30, _arrays(30), {}, keep=2)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing pruned, nothing new
 
@@ -103,7 +104,7 @@ def test_failed_rename_leaves_no_temp_file(tmp_path, monkeypatch):
         raise OSError("rename failed")
 
     monkeypatch.setattr(ck.os, "replace", boom)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(CheckpointError, match="could not write the checkpoint: rename failed"):
         write_checkpoint(d, 20, _arrays(20), {}, keep=2)
     assert [p.name for p in d.iterdir()] == ["step-00000010.npz"]
 

@@ -55,23 +55,29 @@ def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndar
     """Write ``arrays`` and ``meta`` as step ``step``; on any failure the previous
     checkpoints are untouched and the temporary file is removed. Returns the new path."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, step=step, format=FORMAT)
     meta["checksum"] = _checksum(arrays, meta)
     payload = dict(arrays, meta=np.array(json.dumps(meta)))
     final = directory / checkpoint_name(step)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError):
+            # A full disk or a lost mount: say which file and that nothing older was touched.
+            raise CheckpointError(f"{final}: could not write the checkpoint: {e.strerror or e}; the checkpoints "
+                                  f"already in {directory} are unchanged") from None
         raise
     _fsync_dir(directory)
     _prune(directory, keep, final)
