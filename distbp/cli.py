@@ -83,6 +83,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                              "never: start fresh; PATH: that checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
+    from .comm.mpi import launched_by_mpi, world_rank
+    from .comm.supervise import supervise_rank
+
+    if launched_by_mpi() > 1:
+        supervise_rank(world_rank())  # returns in the child, which trains
 
     def body() -> int:
         from .train import Trainer, load_config

@@ -125,9 +125,9 @@ class Communicator:
         raise NotImplementedError
 
     def processes(self) -> list[str]:
-        """"pid@host" of every rank, in rank order, on every rank (a collective), so that a
-        launcher's report of a lost PID can be matched to its rank; empty where the
-        transport names its peers itself or there is only one."""
+        """"pid@host" of every rank, in rank order, on every rank (a collective), logged at
+        start so that a PID seen in ps, top or a launcher's report can be matched to its
+        rank; empty where the transport names its peers itself or there is only one."""
         return []
 
     def check_same(self, what: str, value: int, hint: str = "") -> None:

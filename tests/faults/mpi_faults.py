@@ -98,9 +98,20 @@ def processes_of(run_dir: Path) -> list[int]:
     return [pid for pid, argv in _procs() if str(run_dir) in argv and not _is_zombie(pid)]
 
 
-def rank_pids(run_dir: Path, n: int, timeout: float = 20) -> dict[int, int]:
-    """{rank: pid} of the Python ranks of the job in ``run_dir`` (PMI_RANK in /proc/<pid>/environ)."""
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def rank_pids(run_dir: Path, n: int, timeout: float = 20, launched: bool = False) -> dict[int, int]:
+    """{rank: pid} of the job in ``run_dir`` (PMI_RANK in /proc/<pid>/environ): the processes
+    that train, or with ``launched`` the ones mpiexec started (distbp.comm.supervise forks
+    each rank: the launched process waits, its child trains)."""
     deadline = time.monotonic() + timeout
+    found: dict[int, list[int]] = {}
     while time.monotonic() < deadline:
         found = {}
         for pid, argv in _procs():
@@ -112,9 +123,10 @@ def rank_pids(run_dir: Path, n: int, timeout: float = 20) -> dict[int, int]:
             except OSError:
                 continue
             if b"PMI_RANK" in env:
-                found[int(env[b"PMI_RANK"])] = pid
-        if len(found) == n:
-            return found
+                found.setdefault(int(env[b"PMI_RANK"]), []).append(pid)
+        pairs = {r: sorted(pids, key=lambda p: _ppid(p) in pids) for r, pids in found.items() if len(pids) == 2}
+        if len(pairs) == n:
+            return {r: p[0] if launched else p[1] for r, p in pairs.items()}
         time.sleep(0.05)
     raise RuntimeError(f"ranks of {run_dir} not found: {found}")
 
@@ -188,18 +200,20 @@ class _Job:
 
 
 def rank_named(output: str) -> int | None:
-    """The rank of the process mpiexec reported lost: its "BAD TERMINATION ... PID p RUNNING
-    AT host" matched against distbp's start line "ranks: 0=pid p0@host0, ...". None if either
-    is missing."""
-    lost = re.search(r"PID (\d+) RUNNING AT (\S+)", output)
-    ranks = re.search(r"^ranks: (.*)$", output, re.M)
-    if not lost or not ranks:
-        return None
-    for item in ranks.group(1).split(", "):
-        rank, _, proc = item.partition("=pid ")
-        if proc == f"{lost.group(1)}@{lost.group(2)}":
-            return int(rank)
-    return None
+    """The rank distbp names as killed ("rank r (pid p on host) was killed by SIGKILL"), or
+    None if no line says so."""
+    named = re.findall(r"^distbp-train\[rank \d+\]: rank (\d+) \(pid \d+ on \S+\) was killed by", output, re.M)
+    return int(named[0]) if len(named) == 1 else None
+
+
+def mpiexec_named(output: str) -> int | None:
+    """The rank of the PID mpiexec reports ("BAD TERMINATION ... PID p RUNNING AT host"),
+    matched against the pids mpiexec launched (the parents of distbp's "ranks:" line's)."""
+    lost = re.search(r"PID (\d+) RUNNING AT", output)
+    return None if not lost else _LAUNCHED.get(int(lost.group(1)))
+
+
+_LAUNCHED: dict[int, int] = {}  # launched pid -> rank, filled by kill_random_rank
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int | None, bool, str]:
@@ -234,6 +248,7 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
     job = _Job(N, run_dir)
     try:
         pids = rank_pids(run_dir, N)
+        _LAUNCHED.update({pid: r for r, pid in rank_pids(run_dir, N, launched=True).items()})
         reached = job.wait_for_step(at_step)
         os.kill(pids[rank], signal.SIGKILL)
         code, took = job.wait_exit(EXIT_WITHIN_S)
@@ -241,13 +256,15 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
         leftovers = job.cleanup()
     out = job.output()
     named = rank_named(out)
+    by_mpiexec = mpiexec_named(out)
     lost_lines = [line.strip() for line in out.splitlines()
                   if "BAD TERMINATION" in line or "KILLED BY SIGNAL" in line or "RANK" in line]
     ckpt_step, loads, why = newest_checkpoint(run_dir)
     resumed, bitwise = _resume(tmp_dir, run_dir, resume_n) if loads else (False, False)
     return {"fault": "kill -9 rank", "seed": seed, "killed_rank": rank, "killed_after_step": reached,
             "exit_code": code, "seconds_to_exit": took, "exited_nonzero": code is not None and code != 0,
-            "rank_named": named, "names_rank": named == rank, "mpiexec_says": lost_lines[:4], "leftover_processes": leftovers,
+            "rank_named": named, "names_rank": named == rank,
+            "mpiexec_names_rank": by_mpiexec == rank, "mpiexec_says": lost_lines[:4], "leftover_processes": leftovers,
             "checkpoint_step": ckpt_step, "checkpoint_loads": loads, "checkpoint_error": why,
             "resume_n": resume_n, "resumed": resumed, "bitwise_resume": bitwise}
 

@@ -21,10 +21,8 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes_bitwise(seed, tmp
     f = kill_random_rank(tmp_root, seed)
     assert f["exited_nonzero"] and f["seconds_to_exit"] <= EXIT_WITHIN_S, f
     assert f["leftover_processes"] == 0, f
-    assert any("BAD TERMINATION" in line for line in f["mpiexec_says"]), f
-    # mpiexec names a PID, which distbp's "ranks:" start line maps to a rank. Not asserted to be
-    # the killed one: hydra sometimes names a survivor it SIGKILLed itself (see the report).
-    assert f["rank_named"] is not None, f
+    # distbp's supervisor names the killed rank (mpiexec's own PID is sometimes a survivor's).
+    assert f["names_rank"], f
     assert f["checkpoint_loads"] and f["checkpoint_step"] <= f["killed_after_step"] + 1, f
     assert f["resumed"] and f["bitwise_resume"], f
 
