@@ -134,6 +134,16 @@ def plot(results: dict, stem: Path) -> dict[str, str]:
     matplotlib.use("Agg")  # files only: no display on CI or the benchmark machine
     import matplotlib.pyplot as plt
 
+    def finish(fig, ax, ylabel: str, title: str, suffix: str) -> str:
+        ax.set_xlabel("MPI ranks")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(f"{stem}-{suffix}.png", dpi=110)
+        plt.close(fig)
+        return f"{stem.name}-{suffix}.png"
+
     out = {}
     ranks = {int(n): r for n, r in scaling["ranks"].items()}
     measured = sorted((n, r["summary"]["weak"]["speedup"]) for n, r in ranks.items()
@@ -151,14 +161,7 @@ def plot(results: dict, stem: Path) -> dict[str, str]:
                         fontsize=7)
     if projected:
         ax.plot(*zip(*projected), "s--", label="projection (measured compute + fitted all-reduce)")
-    ax.set_xlabel("MPI ranks")
-    ax.set_ylabel("speedup over 1 rank")
-    ax.set_title("distbp weak scaling (batch 512 per rank)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{stem}-scaling.png", dpi=110)
-    plt.close(fig)
-    out["weak scaling"] = f"{stem.name}-scaling.png"
+    out["weak scaling"] = finish(fig, ax, "speedup over 1 rank", "distbp weak scaling (batch 512 per rank)", "scaling")
 
     phases = ["forward", "backward", "allreduce", "optimizer"]
     rows = [(n, r["summary"]["weak"]["phase_max_s"]) for n, r in sorted(ranks.items())
@@ -170,14 +173,8 @@ def plot(results: dict, stem: Path) -> dict[str, str]:
             vals = [1e3 * p.get(ph, 0.0) for _, p in rows]
             ax.bar([str(n) for n, _ in rows], vals, bottom=bottom, label=ph)
             bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_xlabel("MPI ranks")
-        ax.set_ylabel("ms per step (slowest rank per phase)")
-        ax.set_title("step time by phase")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(f"{stem}-breakdown.png", dpi=110)
-        plt.close(fig)
-        out["step-time breakdown"] = f"{stem.name}-breakdown.png"
+        out["step-time breakdown"] = finish(fig, ax, "ms per step (slowest rank per phase)", "step time by phase",
+                                            "breakdown")
     return out
 
 
