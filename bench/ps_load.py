@@ -51,11 +51,14 @@ def free_endpoint() -> str:
 
 
 def rss_mb(pid: int) -> float | None:
+    """Resident MB of ``pid``; None once it is exiting (a zombie's statm reads 0 pages, which
+    must not count as the process's last sample)."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE / 2**20
+            pages = int(f.read().split()[1])
     except (OSError, IndexError, ValueError):
         return None
+    return pages * PAGE / 2**20 if pages else None
 
 
 def table(text: str | None) -> dict[str, int]:
