@@ -56,14 +56,18 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     return ops.exp(log_softmax(x, axis))
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+
+
 def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    _check_reduction(reduction)
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":
         return losses.sum()
-    if reduction == "none":
-        return losses
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    return losses
 
 
 def _class_targets(scores: Tensor, targets: Any, fn: str) -> np.ndarray:
@@ -78,8 +82,9 @@ def _class_targets(scores: Tensor, targets: Any, fn: str) -> np.ndarray:
         if t.dtype.kind != "f" or not np.all(t == np.round(t)):
             raise TypeError(f"{fn}: targets must be integer class indices, got dtype {t.dtype}")
         t = t.astype(np.int64)
-    bad = np.flatnonzero((t < 0) | (t >= scores.shape[1]))
-    if bad.size:
+    # Two reductions first; the index of the first bad target only when there is one.
+    if t.size and (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= scores.shape[1]):
+        bad = np.flatnonzero((t < 0) | (t >= scores.shape[1]))
         raise ValueError(f"{fn}: target {t[bad[0]]} at position {bad[0]} is outside the "
                          f"{scores.shape[1]} classes [0, {scores.shape[1] - 1}]")
     return t
@@ -88,7 +93,8 @@ def _class_targets(scores: Tensor, targets: Any, fn: str) -> np.ndarray:
 def cross_entropy(logits: Tensor, targets: Any, reduction: str = "mean") -> Tensor:
     """Softmax cross-entropy: -log softmax(logits)[target], for (N, C) logits and N indices."""
     t = _class_targets(logits, targets, "cross_entropy")
-    return _reduce(ops.cross_entropy(logits, targets=t), reduction)
+    _check_reduction(reduction)
+    return ops.cross_entropy(logits, targets=t, reduction=reduction)
 
 
 def multi_margin(scores: Tensor, targets: Any, margin: float = 1.0, reduction: str = "mean") -> Tensor:

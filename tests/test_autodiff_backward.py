@@ -12,6 +12,7 @@ import pytest
 
 import distbp as db
 import distbp.functional as F
+from distbp import nn
 from distbp.autodiff import GradcheckError, Primitive, ShapeError, gradcheck, is_grad_enabled, no_grad
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -329,3 +330,37 @@ def test_in_place_vjps_never_touch_a_gradient_another_node_sees():
         return (shared * chain).sigmoid().exp().sum(axis=1)
 
     assert gradcheck(f, *xs)
+
+
+def test_a_vjp_that_raises_leaves_no_pending_gradient_behind():
+    """Backward keeps a non-leaf's pending gradient in its .grad slot while it walks; an error
+    mid-walk must not leave any there (nor in the nodes it never reached)."""
+
+    def broken_vjp(g, ans, a):
+        raise FloatingPointError("VJP failed")
+
+    broken = Primitive("broken", lambda a: a * 1.0, broken_vjp)
+    for broken_first in (True, False):  # h gets its other contribution before or after the error
+        x = db.tensor(np.ones(3), requires_grad=True)
+        h = x * 2.0
+        b, c = broken(h), h * 3.0
+        out = ((b + c) if broken_first else (c + b)).sum()
+        with pytest.raises(FloatingPointError):
+            out.backward()
+        assert all(t.grad is None for t in (h, b, c, out)), "a pending gradient was left behind"
+        assert x.grad is None
+
+
+def test_linear_bias_and_weight_gradients_are_bitwise_numpys():
+    """The linear op writes its parameter gradients with matmul and the ufunc's own reduce:
+    bitwise x.T @ g and g.sum(axis=0), for a batch of rows and for a batch of sequences."""
+    rng = np.random.default_rng(8)
+    for shape in ((5, 3), (2, 4, 3)):
+        layer = nn.Linear(3, 2, rng=np.random.default_rng(0))
+        nn.flatten_parameters(layer.parameters())
+        x = rng.standard_normal(shape).astype(np.float32)
+        g = rng.standard_normal(shape[:-1] + (2,)).astype(np.float32)
+        layer(db.tensor(x)).backward(g)
+        x2, g2 = x.reshape(-1, 3), g.reshape(-1, 2)
+        np.testing.assert_array_equal(layer.weight.grad, x2.T @ g2)
+        np.testing.assert_array_equal(layer.bias.grad, np.sum(g2, axis=0))

@@ -212,3 +212,42 @@ def test_shape_mismatch_in_pairwise_losses():
 def test_unknown_reduction():
     with pytest.raises(ValueError, match="'avg'"):
         F.cross_entropy(db.tensor(np.zeros((1, 2))), [0], reduction="avg")
+
+
+# -- the fused reductions of cross_entropy --------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_reduction_is_bitwise_the_per_sample_losses_reduced(dtype, reduction):
+    """mean and sum are reduced inside the cross_entropy op (one graph node instead of three):
+    value and gradient are bitwise those of reduction='none' followed by .mean() / .sum()."""
+    rng = np.random.default_rng(3)
+    logits, t = rng.standard_normal((7, 5)) * 3, rng.integers(0, 5, 7)
+    fused, composed = leaf(logits, dtype), leaf(logits, dtype)
+    a = F.cross_entropy(fused, t, reduction=reduction)
+    per_sample = F.cross_entropy(composed, t, reduction="none")
+    b = per_sample.mean() if reduction == "mean" else per_sample.sum()
+    assert a.dtype == b.dtype == dtype and a.shape == b.shape == ()
+    np.testing.assert_array_equal(a.data, b.data)
+    a.backward()
+    b.backward()
+    np.testing.assert_array_equal(fused.grad, composed.grad)
+    assert fused.grad.dtype == dtype
+
+
+def test_cross_entropy_reduction_scales_an_upstream_gradient():
+    logits, t = np.random.default_rng(4).standard_normal((3, 4)), [0, 3, 1]
+    x, y = leaf(logits), leaf(logits)
+    (F.cross_entropy(x, t) * 2.5).backward()
+    (F.cross_entropy(y, t, reduction="sum") * (2.5 / 3)).backward()
+    np.testing.assert_allclose(x.grad, y.grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_is_bitwise_the_textbook_formula(dtype):
+    """log_softmax calls the ufuncs' reduce directly (no Python wrapper): the same bits as
+    a - max - log(sum(exp(a - max)))."""
+    a = (np.random.default_rng(6).standard_normal((4, 6)) * 10).astype(dtype)
+    for axis in (0, 1, -1):
+        m = a.max(axis=axis, keepdims=True)
+        expected = (a - m) - np.log(np.exp(a - m).sum(axis=axis, keepdims=True))
+        np.testing.assert_array_equal(F.log_softmax(db.tensor(a, dtype=dtype), axis=axis).data, expected)

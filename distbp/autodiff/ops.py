@@ -26,7 +26,9 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
 def _expand(g: np.ndarray, shape: tuple[int, ...], axis: Any, keepdims: bool) -> np.ndarray:
     """Broadcast a reduction's gradient back over the axes it reduced."""
     if not keepdims:
-        g = np.expand_dims(g, _axes(axis, len(shape)))
+        # reshape, not np.expand_dims: the same view, without a microsecond of axis checks.
+        axes = _axes(axis, len(shape))
+        g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
     return np.broadcast_to(g, shape)
 
 
@@ -98,12 +100,14 @@ def _rows(g, x):
 
 
 def _linear_into_w(out, g, ans, x, w, b):
-    g2, x2 = _rows(g, x)
-    np.matmul(x2.T, g2, out=out)
+    if x.ndim != 2:
+        g, x = _rows(g, x)
+    np.matmul(x.T, g, out=out)
 
 
 def _linear_into_b(out, g, ans, x, w, b):
-    np.sum(g.reshape(-1, g.shape[-1]), axis=0, out=out)
+    # The ufunc's own reduce: np.sum's Python wrapper costs as much as summing 64 x 64 floats.
+    np.add.reduce(g if g.ndim == 2 else g.reshape(-1, g.shape[-1]), axis=0, out=out)
 
 
 linear = Primitive("linear", _linear,
@@ -137,26 +141,42 @@ hardtanh = Primitive("hardtanh", lambda a, lo, hi: np.clip(a, lo, hi),
 
 
 def _log_softmax(a, axis):
-    shifted = a - a.max(axis=axis, keepdims=True)  # the max shift keeps exp() finite
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    # The ufuncs' own reduce, not a.max() / a.sum(): the same result without their Python wrappers.
+    shifted = a - np.maximum.reduce(a, axis=axis, keepdims=True)  # the max shift keeps exp() finite
+    shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
+    return shifted
 
 
 log_softmax = Primitive("log_softmax", _log_softmax,
                         lambda g, ans, a, axis: g - np.exp(ans) * g.sum(axis=axis, keepdims=True))
 
 
-# Per-sample softmax cross-entropy, -log softmax(s)[t], for (N, C) scores and N class indices:
-# one op whose VJP is the textbook (softmax(s) - onehot(t)) * g.
-def _cross_entropy_vjp(g, ans, s, targets):
-    grad = np.exp(_log_softmax(s, 1))
+# Softmax cross-entropy, -log softmax(s)[t], for (N, C) scores and N class indices, per sample
+# or already reduced (mean or sum over the batch): one op whose VJP is the textbook
+# (softmax(s) - onehot(t)) * g, scaled by 1/N for the mean. The reduction is part of the op,
+# not a sum and a multiply after it: on a model of small layers the two extra graph nodes cost
+# more than the whole loss's arithmetic (bench/deep.py).
+def _cross_entropy(s, targets, reduction):
+    losses = -_log_softmax(s, 1)[np.arange(len(targets)), targets]
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    return total * (1.0 / len(targets)) if reduction == "mean" else total
+
+
+def _cross_entropy_vjp(g, ans, s, targets, reduction):
+    grad = s - np.maximum.reduce(s, axis=1, keepdims=True)
+    np.exp(grad, out=grad)
+    grad /= np.add.reduce(grad, axis=1, keepdims=True)
     grad[np.arange(len(targets)), targets] -= 1
-    grad *= g[:, None]
+    if reduction == "none":
+        grad *= g[:, None]
+    else:  # g is 0-d: scaled as a 0-d array, so float32 stays float32
+        grad *= g * (1.0 / len(targets)) if reduction == "mean" else g
     return grad
 
 
-cross_entropy = Primitive("cross_entropy",
-                          lambda s, targets: -_log_softmax(s, 1)[np.arange(len(targets)), targets],
-                          _cross_entropy_vjp)
+cross_entropy = Primitive("cross_entropy", _cross_entropy, _cross_entropy_vjp)
 
 
 # -- reductions ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -84,10 +84,7 @@ class Primitive:
         self.name, self.fwd, self.vjps, self.vjp_argnum = name, fwd, vjps, vjp_argnum
         self.into, self.inplace = into or {}, inplace
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "Tensor":
-        return apply(self, *args, **kwargs)
-
-    def vjp(self, argnum: int, g: np.ndarray, ans: np.ndarray, args: tuple, kwargs: dict) -> np.ndarray:
+    def vjp(self, argnum: int, g: np.ndarray, ans: np.ndarray, args: Sequence, kwargs: dict) -> np.ndarray:
         if self.vjp_argnum is not None:
             return self.vjp_argnum(argnum, g, ans, *args, **kwargs)
         fn = self.vjps[argnum] if argnum < len(self.vjps) else None
@@ -99,9 +96,22 @@ class Primitive:
         return f"<primitive {self.name}>"
 
 
+_new_object = object.__new__
+
+
 def apply(prim: Primitive, *args: Any, **kwargs: Any) -> "Tensor":
     """Run ``prim`` on the arrays inside ``args`` and, when grad mode is on, record the graph."""
-    raw = tuple(a.data if isinstance(a, Tensor) else a for a in args)
+    # One loop, no generator expressions: this runs once per op, and on a model of small
+    # layers its Python time is comparable to the op's arithmetic (bench/deep.py).
+    raw = []
+    parents = []
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor):
+            raw.append(a.data)
+            if a.requires_grad:
+                parents.append((i, a))
+        else:
+            raw.append(a)
     try:
         out = prim.fwd(*raw, **kwargs)
     except (ValueError, IndexError) as e:
@@ -109,13 +119,17 @@ def apply(prim: Primitive, *args: Any, **kwargs: Any) -> "Tensor":
         raise ShapeError(f"{prim.name}: operands of shapes {shapes} do not fit: {e}") from None
     if not isinstance(out, np.ndarray):
         out = np.asarray(out)  # reductions to a scalar return numpy scalars
-    result = Tensor._wrap(out)
-    if _grad_mode.enabled:
-        parents = tuple((i, a) for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad)
-        if parents:
-            result.requires_grad = True
-            result._record = (prim, parents, raw, kwargs)
+    result = _new_object(Tensor)  # Tensor._wrap, inlined
+    result.data, result.grad = out, None
+    if parents and _grad_mode.enabled:
+        result.requires_grad = True
+        result._record = (prim, parents, raw, kwargs)
+    else:
+        result.requires_grad, result._record = False, None
     return result
+
+
+Primitive.__call__ = apply  # prim(*args) is apply(prim, *args), without a frame in between
 
 
 def unbroadcast(g: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
@@ -210,13 +224,13 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    def _grad_slot(self) -> np.ndarray | None:
-        """An array backward may write this leaf's first gradient into directly (Parameters in a
-        flat buffer give their gradient view); None for plain tensors."""
-        return None
-
-    def _grad_slot_written(self, final: bool) -> None:
-        """Backward wrote the first contribution into ``_grad_slot()``."""
+    def _grad_into(self, into: Callable, g: np.ndarray, ans: np.ndarray, args: Sequence, kwargs: dict,
+                   final: bool) -> bool:
+        """Write this leaf's first gradient of the backward pass with ``into(view, g, ans, *args,
+        **kwargs)`` straight into where it lives, if it has such a place (Parameters in a flat
+        buffer: their gradient view); False, writing nothing, for plain tensors or when a
+        gradient is already there (backward then accumulates the VJP's result instead)."""
+        return False
 
     def backward(self, grad: Any = None) -> None:
         """Reverse-mode sweep from this tensor: fill ``.grad`` of every leaf that requires grad.
@@ -237,103 +251,112 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ShapeError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
 
-        order, leaf_uses = _topological_order(self)
         if self._record is None:  # backward() of a leaf: its gradient is the seed itself
             self._accumulate_grad(grad)
             return
-        grads: dict[int, np.ndarray] = {id(self): grad}
-        owned: set[int] = set()  # nodes whose gradient array nothing else can see
-        while order:
-            node = order.pop()  # outputs come off first
-            record = node._record
-            if record is None:
-                continue  # a leaf: its consumers already handed it its gradient
-            node._record = _FREED
-            g = grads.pop(id(node))
-            g_owned = id(node) in owned
-            owned.discard(id(node))
-            prim, parents, args, kwargs = record
-            if prim.inplace is not None and g_owned and parents[0][1]._record is not None:
-                # The one consumer of g is this VJP: overwrite it instead of allocating anew.
-                key = id(parents[0][1])
-                pg = prim.inplace(g, node.data, *args, **kwargs)
-                prev = grads.get(key)
-                if prev is None:
-                    grads[key] = pg
-                    owned.add(key)
-                else:
-                    self._add_contribution(grads, owned, key, prev, pg)
-                continue
-            for argnum, parent in parents:
-                key = id(parent)
-                if parent._record is None:
-                    # Leaves take each contribution at once, so a parameter's gradient is final
-                    # right after its last consumer (and the overlapped all-reduce of its bucket
-                    # can start) rather than wherever the depth-first order put the leaf.
-                    leaf_uses[key] -= 1
-                    final = leaf_uses[key] == 0
-                    into = prim.into.get(argnum)
-                    slot = parent._grad_slot() if into is not None else None
-                    if slot is not None:
-                        into(slot, g, node.data, *args, **kwargs)
-                        parent._grad_slot_written(final)
+        order, leaf_uses = _topological_order(self)
+        # A non-leaf node's pending gradient waits in its own .grad slot (None outside backward)
+        # rather than in a dict keyed by id(): a slot costs a fraction of a hashed lookup.
+        owned: set[int] = set()  # nodes whose pending gradient array nothing else can see
+        self.grad = grad
+        pop = order.pop
+        try:
+            while order:
+                node = pop()  # outputs come off first
+                prim, parents, args, kwargs = node._record
+                node._record = _FREED
+                g, node.grad = node.grad, None
+                key = id(node)
+                g_owned = key in owned
+                if g_owned:
+                    owned.discard(key)
+                ans = node.data
+                if g_owned and prim.inplace is not None and parents[0][1]._record is not None:
+                    # The one consumer of g is this VJP: overwrite it instead of allocating anew.
+                    parent = parents[0][1]
+                    pg = prim.inplace(g, ans, *args, **kwargs)
+                    if parent.grad is None:
+                        parent.grad = pg
+                        owned.add(id(parent))
                     else:
-                        parent._accumulate_grad(unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs),
-                                                            parent.data.shape), final=final)
-                else:
-                    pg = unbroadcast(prim.vjp(argnum, g, node.data, args, kwargs), parent.data.shape)
-                    prev = grads.get(key)
-                    if prev is None:
-                        grads[key] = pg
-                        # A fresh array (not g, an input, the output, or a view of them) is ours.
-                        if pg.flags.owndata and pg is not g and pg is not node.data and \
-                                not any(pg is a for a in args):
-                            owned.add(key)
+                        _add_pending(parent, pg, owned)
+                    continue
+                for argnum, parent in parents:
+                    if parent._record is None:
+                        # Leaves take each contribution at once, so a parameter's gradient is final
+                        # right after its last consumer (and the overlapped all-reduce of its bucket
+                        # can start) rather than wherever the depth-first order put the leaf.
+                        key = id(parent)
+                        uses = leaf_uses[key] - 1
+                        leaf_uses[key] = uses
+                        into = prim.into.get(argnum)
+                        if into is None or not parent._grad_into(into, g, ans, args, kwargs, uses == 0):
+                            parent._accumulate_grad(unbroadcast(prim.vjp(argnum, g, ans, args, kwargs),
+                                                                parent.data.shape), final=uses == 0)
                     else:
-                        self._add_contribution(grads, owned, key, prev, pg)
+                        pg = unbroadcast(prim.vjp(argnum, g, ans, args, kwargs), parent.data.shape)
+                        if parent.grad is None:
+                            parent.grad = pg
+                            # A fresh array (not g, an input, the output, or a view of them) is ours.
+                            if pg.flags.owndata and pg is not g and pg is not ans and _is_none_of(pg, args):
+                                owned.add(id(parent))
+                        else:
+                            _add_pending(parent, pg, owned)
+        except BaseException:
+            for node in order:  # an error mid-walk: leave no pending gradient behind
+                node.grad = None
+            raise
 
-    @staticmethod
-    def _add_contribution(grads: dict[int, np.ndarray], owned: set[int], key: int, prev: np.ndarray,
-                          pg: np.ndarray) -> None:
-        """A second (third...) gradient for a node used several times: summed in place into
-        an array we own, else into a new one (then ours)."""
-        if key in owned and prev.shape == pg.shape and prev.dtype == np.result_type(prev, pg):
-            prev += pg
-        else:
-            grads[key] = prev + pg
-            owned.add(key)
+
+def _add_pending(node: Tensor, pg: np.ndarray, owned: set[int]) -> None:
+    """A second (third...) contribution ``pg`` to non-leaf ``node``'s pending gradient: summed
+    in place into an array we own, else into a new one (then ours)."""
+    prev = node.grad
+    if id(node) in owned and prev.shape == pg.shape and prev.dtype == np.result_type(prev, pg):
+        prev += pg
+    else:
+        node.grad = prev + pg
+        owned.add(id(node))
 
 
 def _topological_order(root: Tensor) -> tuple[list[Tensor], dict[int, int]]:
-    """Inputs before outputs, by an explicit-stack depth-first search (no recursion limit),
-    and for each leaf the number of edges that reach it (its contributions to come)."""
-    if root._record is _FREED:
-        raise RuntimeError("backward() through a graph that was already freed: "
-                           "each forward pass supports one backward()")
+    """The non-leaf nodes of ``root``'s graph (``root`` is one), inputs before outputs, by an
+    explicit-stack depth-first search (no recursion limit); and for each leaf the number of
+    edges that reach it (its contributions to come). Leaves are counted, not visited: backward
+    hands them their gradients from their consumers, so their place in the order is moot."""
     order: list[Tensor] = []
     leaf_uses: dict[int, int] = {}
     seen: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
+    push, pop, visit = stack.append, stack.pop, order.append
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            visit(node)
             continue
         if id(node) in seen:
             continue
         seen.add(id(node))
-        stack.append((node, True))
         record = node._record
         if record is _FREED:
             raise RuntimeError("backward() through a graph that was already freed: "
                                "each forward pass supports one backward()")
-        if record is not None:
-            for _, parent in record[1]:
-                if parent._record is None:
-                    leaf_uses[id(parent)] = leaf_uses.get(id(parent), 0) + 1
-                if id(parent) not in seen:
-                    stack.append((parent, False))
+        push((node, True))
+        for _, parent in record[1]:
+            if parent._record is None:
+                key = id(parent)
+                leaf_uses[key] = leaf_uses.get(key, 0) + 1
+            elif id(parent) not in seen:
+                push((parent, False))
     return order, leaf_uses
+
+
+def _is_none_of(arr: np.ndarray, args: Sequence) -> bool:
+    """Whether ``arr`` is none of ``args`` (by identity: ``in`` would compare arrays by value)."""
+    for a in args:
+        if a is arr:
+            return False
+    return True
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:

@@ -23,10 +23,14 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1:] != (self.in_features,):
+        try:
+            return F.linear(x, self.weight, self.bias)
+        except ShapeError:
+            # Checked once the product failed, which it does exactly when the number of
+            # features is wrong: a check before it would cost every call.
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape "
-                             f"{x.shape} has {x.shape[-1] if x.ndim else 0} features, expected {self.in_features}")
-        return F.linear(x, self.weight, self.bias)
+                             f"{x.shape} has {x.shape[-1] if x.ndim else 0} features, "
+                             f"expected {self.in_features}") from None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

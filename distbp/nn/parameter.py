@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,12 +31,7 @@ class Parameter(Tensor):
         self._grad_gen = -1
         super().__init__(data, requires_grad=True, dtype=dtype)
 
-    @property
-    def data(self) -> np.ndarray:
-        return _DATA_SLOT.__get__(self, Parameter)
-
-    @data.setter
-    def data(self, value: np.ndarray) -> None:
+    def _set_data(self, value: np.ndarray) -> None:
         if self._flat is None:
             _DATA_SLOT.__set__(self, value)
             return
@@ -45,6 +40,9 @@ class Parameter(Tensor):
             raise ShapeError(f"cannot assign an array of shape {np.shape(value)} to a parameter "
                              f"of shape {view.shape}")
         np.copyto(view, value)
+
+    # The getter is the slot's own (C) __get__: ops read p.data on every call, the setter is rare.
+    data = property(_DATA_SLOT.__get__, _set_data, doc="The values: a view into the flat buffer once packed.")
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -71,24 +69,25 @@ class Parameter(Tensor):
         flat = self._flat
         if flat is None:
             Tensor._accumulate_grad(self, g)
+            return
+        if flat._claim(self):
+            self._grad_view += g
         else:
-            slot = self._grad_slot()
-            if slot is None:
-                self._grad_view += g
-            else:
-                # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
-                np.copyto(slot, g)
-            self._grad_slot_written(final)
+            # First gradient since zero_grad: a copy, so the buffer never needs zeroing.
+            np.copyto(self._grad_view, g)
+        if final and flat.on_grad_ready is not None:
+            flat.on_grad_ready(self._index)
 
-    def _grad_slot(self) -> np.ndarray | None:
+    def _grad_into(self, into: Callable, g: np.ndarray, ans: np.ndarray, args: Sequence, kwargs: dict,
+                   final: bool) -> bool:
         flat = self._flat
-        return self._grad_view if flat is not None and self._grad_gen != flat.generation else None
-
-    def _grad_slot_written(self, final: bool) -> None:
-        flat = self._flat
+        if flat is None or self._grad_gen == flat.generation:
+            return False  # no gradient view, or it already holds a gradient of this generation
+        into(self._grad_view, g, ans, *args, **kwargs)
         flat._claim(self)
         if final and flat.on_grad_ready is not None:
             flat.on_grad_ready(self._index)
+        return True
 
     def _bind(self, flat: FlatParameters, index: int, data_view: np.ndarray, grad_view: np.ndarray) -> None:
         np.copyto(data_view, _DATA_SLOT.__get__(self, Parameter))

@@ -192,9 +192,10 @@ class Optimizer:
     def _block_length(self) -> int:
         """Elements per block: ``block_size``, or the whole buffer for None or 0."""
         size = self.block_size
-        _invalid(size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)
-                                       or size < 0),
-                 f"{type(self).__name__}: block_size must be a non-negative int or None, got {size!r}")
+        # type() first: the abc check of numbers.Integral would cost a microsecond every step.
+        if size is not None and (type(size) is not int or size < 0):
+            _invalid(isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0,
+                     f"{type(self).__name__}: block_size must be a non-negative int or None, got {size!r}")
         return max(min(int(size), self.flat.numel) if size else self.flat.numel, 1)
 
     def _ensure_scratch(self, size: int) -> None:
@@ -231,8 +232,11 @@ class Optimizer:
 
     def _hp_value(self, key: str, fn: Callable[[Mapping[str, Any]], float] | None) -> float | np.ndarray:
         """``_hp`` over the whole buffer: the float, or the (cached) per-group vector."""
-        values = [float(fn(g) if fn else g[key]) for g in self.param_groups]
-        used = {v for v, g in zip(values, self.param_groups) if g["params"]}
+        groups = self.param_groups
+        if len(groups) == 1:  # the usual case, every step: one group (with parameters), one float
+            return float(fn(groups[0]) if fn else groups[0][key])
+        values = [float(fn(g) if fn else g[key]) for g in groups]
+        used = {v for v, g in zip(values, groups) if g["params"]}
         if len(used) == 1:
             return used.pop()
         cached = self._hp_cache.get(key)
