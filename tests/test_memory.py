@@ -74,11 +74,6 @@ def _numpy_bytes_alive() -> int:
     return sum(t.size for t in snap.traces)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the graph keeps each hidden Linear's output (the pre-activation) until backward reaches the "
-    "activation after it, although no VJP reads it (ReLU, tanh and sigmoid differentiate from "
-    "their output): the forward keeps twice what backward needs. Fix: fuse Linear + activation "
-    "into one op that applies the activation in place (see bench/memory.py)"))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_forward_keeps_only_the_arrays_backward_reads(activation):
     """What ``model(x)`` and the loss leave alive, with only the loss held, against what the VJPs

@@ -321,3 +321,34 @@ def test_module_to_casts_parameters_and_gradients():
     model.to(np.float64)
     for p in model.parameters():
         assert p.dtype == np.float64 and p.grad.dtype == np.float64
+
+
+# -- Linear + activation as one op ----------------------------------------------------------------
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_linear_act_is_the_unfused_ops_and_gradchecks(activation):
+    rng = np.random.default_rng(0)
+    x, w, b = (db.tensor(rng.standard_normal(s), requires_grad=True, dtype=np.float64) for s in ((5, 4), (4, 3), (3,)))
+    fused = F.linear_act(x, w, b, activation)
+    np.testing.assert_array_equal(fused.data, getattr(F, activation)(F.linear(x, w, b)).data)
+    assert gradcheck(lambda x, w, b: F.linear_act(x, w, b, activation), x, w, b)
+    with pytest.raises(ValueError, match="relu, tanh, sigmoid, not 'softsign'"):
+        F.linear_act(x, w, b, "softsign")
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "softsign"])
+def test_mlp_forward_is_its_layers_one_by_one(activation):
+    """MLP.forward fuses Linear + activation where it can: the same bits, values and gradients,
+    as calling the modules in order (softsign has no fused form and goes the plain way)."""
+    rng = np.random.default_rng(0)
+    x, y = db.tensor(rng.standard_normal((6, 4))), rng.integers(0, 3, 6)
+    grads = []
+    for fused in (True, False):
+        model = nn.MLP([4, 8, 8, 3], activation=activation, rng=np.random.default_rng(1))
+        h = model(x) if fused else x
+        if not fused:
+            for layer in model:
+                h = layer(h)
+        F.cross_entropy(h, y).backward()
+        grads.append([h.data] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)

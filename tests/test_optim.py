@@ -426,10 +426,10 @@ def test_block_scratch_is_one_block_and_scalars_are_computed_once_per_step():
     opt = Counting([{"params": [params[i] for i in BLOCK_GROUPS[0]]},
                     {"params": [params[i] for i in BLOCK_GROUPS[1]], "lr": 0.01, "weight_decay": 0.1}],
                    amsgrad=True)
-    assert opt._tmp.size == opt._grad_buf.size == 1000  # scratch of one block, not flat-sized
     for p in params:
         p.grad = np.ones(p.shape)
     opt.step()
+    assert opt._tmp.size == opt._grad_buf.size == 1000  # scratch of one block, not flat-sized
     Counting.evaluated = 0
     opt.step()
     per_step = Counting.evaluated
@@ -437,7 +437,12 @@ def test_block_scratch_is_one_block_and_scalars_are_computed_once_per_step():
     Counting.evaluated = 0
     opt.step()
     assert Counting.evaluated == per_step == 8
-    assert optim.Adam([nn.Parameter(np.ones((30, 7)))])._tmp.size == 210  # smaller than one default block
+    plain = optim.Adam([nn.Parameter(np.ones((30, 7)))])
+    assert plain._tmp.size == 210  # smaller than one default block
+    for p in plain.flat.params:
+        p.grad = np.ones(p.shape)
+    plain.step()
+    assert plain._grad_buf.size == 0  # no weight decay, no maximize: the gradient is read in place
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "64K", True])

@@ -123,6 +123,40 @@ def _sigmoid(a):
     return np.tanh(a * 0.5) * 0.5 + 0.5
 
 
+def _sigmoid_(y):
+    # _sigmoid's operations in its order, in place: the same bits.
+    y *= 0.5
+    np.tanh(y, out=y)
+    y *= 0.5
+    y += 0.5
+    return y
+
+
+# activation(x @ w + b) as one op, for the activations whose derivative is a function of their
+# output: the activation overwrites the product's fresh array, so the pre-activation, which no
+# VJP reads, does not outlive the forward, and the graph keeps one array per layer (the output,
+# which the next layer's VJP reads anyway) instead of two. ``pre`` turns g into the
+# pre-activation's gradient once (in place when backward owns g); the linear VJPs take that.
+_ACTIVATE_ = {"relu": lambda y: np.maximum(y, 0, out=y), "tanh": lambda y: np.tanh(y, out=y),
+              "sigmoid": _sigmoid_}
+_SLOPE = {"relu": lambda ans: ans > 0, "tanh": lambda ans: 1 - ans * ans, "sigmoid": lambda ans: ans * (1 - ans)}
+FUSED_ACTIVATIONS = tuple(_ACTIVATE_)
+
+
+def _linear_act_pre(g, owned, ans, x, w, b, act):
+    slope = _SLOPE[act](ans)
+    return np.multiply(g, slope, out=g) if owned else g * slope
+
+
+linear_act = Primitive("linear_act", lambda x, w, b, act: _ACTIVATE_[act](_linear(x, w, b)),
+                       lambda g, ans, x, w, b, act: g @ w.T,
+                       lambda g, ans, x, w, b, act: _rows(g, x)[1].T @ _rows(g, x)[0],
+                       lambda g, ans, x, w, b, act: g.reshape(-1, g.shape[-1]).sum(axis=0),
+                       into={1: lambda out, g, ans, x, w, b, act: _linear_into_w(out, g, ans, x, w, b),
+                             2: lambda out, g, ans, x, w, b, act: _linear_into_b(out, g, ans, x, w, b)},
+                       pre=_linear_act_pre)
+
+
 exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans,
                 inplace=lambda g, ans, a: np.multiply(g, ans, out=g))
 log = Primitive("log", np.log, lambda g, ans, a: g / a)

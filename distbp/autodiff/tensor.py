@@ -72,17 +72,22 @@ class Primitive:
     by overwriting ``g``: backward uses it when it owns ``g`` (no other node can see it), which
     saves an activation-sized allocation per op (relu's ``g *= ans > 0``).
 
+    ``pre(g, owned, ans, *args, **kwargs)``, for fused ops (``linear_act``), maps the output
+    gradient, once, to the gradient of an intermediate the forward did not keep (for
+    activation(x W + b): g * activation'(ans)); the per-argument VJPs then receive that instead
+    of g. With ``owned`` it may overwrite g; backward owns what it returns.
+
     A VJP returns a new array or a view of its inputs, never an array it keeps: backward
     treats a returned array that owns its memory as its own to overwrite.
     """
 
-    __slots__ = ("name", "fwd", "vjps", "vjp_argnum", "into", "inplace")
+    __slots__ = ("name", "fwd", "vjps", "vjp_argnum", "into", "inplace", "pre")
 
     def __init__(self, name: str, fwd: Callable[..., np.ndarray], *vjps: Callable | None,
                  vjp_argnum: Callable | None = None, into: dict[int, Callable] | None = None,
-                 inplace: Callable | None = None) -> None:
+                 inplace: Callable | None = None, pre: Callable | None = None) -> None:
         self.name, self.fwd, self.vjps, self.vjp_argnum = name, fwd, vjps, vjp_argnum
-        self.into, self.inplace = into or {}, inplace
+        self.into, self.inplace, self.pre = into or {}, inplace, pre
 
     def vjp(self, argnum: int, g: np.ndarray, ans: np.ndarray, args: Sequence, kwargs: dict) -> np.ndarray:
         if self.vjp_argnum is not None:
@@ -271,6 +276,9 @@ class Tensor:
                 if g_owned:
                     owned.discard(key)
                 ans = node.data
+                if prim.pre is not None:
+                    g = prim.pre(g, g_owned, ans, *args, **kwargs)
+                    g_owned = True
                 if g_owned and prim.inplace is not None and parents[0][1]._record is not None:
                     # The one consumer of g is this VJP: overwrite it instead of allocating anew.
                     parent = parents[0][1]

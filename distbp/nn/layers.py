@@ -23,30 +23,46 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_activated(x, None)
+
+    def forward_activated(self, x: Tensor, activation: Module | None) -> Tensor:
+        """``activation(self(x))``; as one op (``F.linear_act``) when the activation has a
+        ``fused`` name, so that the graph does not keep the pre-activation (which no VJP of
+        relu, tanh or sigmoid reads: they differentiate from their output)."""
+        name = getattr(activation, "fused", None)
         try:
-            return F.linear(x, self.weight, self.bias)
+            if name is not None and self.bias is not None:
+                return F.linear_act(x, self.weight, self.bias, name)
+            y = F.linear(x, self.weight, self.bias)
         except ShapeError:
             # Checked once the product failed, which it does exactly when the number of
             # features is wrong: a check before it would cost every call.
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}): input of shape "
                              f"{x.shape} has {x.shape[-1] if x.ndim else 0} features, "
                              f"expected {self.in_features}") from None
+        return y if activation is None else activation(y)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
 class ReLU(Module):
+    fused = "relu"  # Linear.forward_activated runs Linear + this as one op (F.linear_act)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
 
 class Tanh(Module):
+    fused = "tanh"  # Linear.forward_activated runs Linear + this as one op (F.linear_act)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    fused = "sigmoid"  # Linear.forward_activated runs Linear + this as one op (F.linear_act)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.sigmoid(x)
 

@@ -31,6 +31,20 @@ class MLP(Sequential):
         super().__init__(*layers)
         self.sizes = sizes
 
+    def forward(self, x: Tensor) -> Tensor:
+        # A Linear followed by an activation runs as one op where it can (Linear.forward_activated):
+        # the pre-activation, which no VJP reads, is then overwritten instead of kept by the graph.
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            if isinstance(layers[i], Linear) and i + 1 < len(layers) and getattr(layers[i + 1], "fused", None):
+                x = layers[i].forward_activated(x, layers[i + 1])
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
 
 class WindowClassifier(Module):
     """The CS224N window model for named-entity recognition. The input is a batch of windows
@@ -56,4 +70,4 @@ class WindowClassifier(Module):
             raise ShapeError(f"WindowClassifier(window={self.window}): input of shape {windows.shape}; "
                              f"expected (batch, {self.width}) word ids")
         x = self.embed(windows).reshape(windows.shape[0], -1)
-        return self.out(self.act(self.hidden(x)))
+        return self.out(self.hidden.forward_activated(x, self.act))

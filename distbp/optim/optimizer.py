@@ -113,13 +113,13 @@ class Optimizer:
         # The block step() is at (the whole buffer outside step()), its scratch views, the
         # flat gradient and the hyperparameters and flags of this step (None outside step()).
         self._blk = slice(None)
-        self._gbuf_blk = self._tmp_blk = self._flat_g = None
+        self._tmp_blk = self._flat_g = None
         self._memo: dict[str, float | np.ndarray] | None = None
         self._flag_memo: dict[str, bool] | None = None
         for key in self._flags:
             self._flag(key)
-        # Scratch of one block, allocated once (again only if block_size grows): the decayed
-        # gradient and one temporary.
+        # Scratch of one block, allocated once (again only if block_size grows): one temporary,
+        # and the decayed gradient, made by the first step that needs it (``_grad``).
         self._grad_buf = self._tmp = np.empty(0, dtype=self.flat.data.dtype)
         self._ensure_scratch(self._block_length())
         self.state: dict[str, Any] = {"step": 0}
@@ -175,16 +175,16 @@ class Optimizer:
             step = self.state["step"]
             self._flat_g = self.flat.flat_grad()  # once per step: it may zero-fill unused views
             self._memo, self._flag_memo = {}, {}
-            gbuf, tmp = self._grad_buf[:size], self._tmp[:size]
+            tmp = self._tmp[:size]
             try:
                 for start in range(0, max(n, 1), size):
                     if start + size > n:  # the last, shorter block
-                        gbuf, tmp = self._grad_buf[:n - start], self._tmp[:n - start]
-                    self._blk, self._gbuf_blk, self._tmp_blk = slice(start, start + size), gbuf, tmp
+                        tmp = self._tmp[:n - start]
+                    self._blk, self._tmp_blk = slice(start, start + size), tmp
                     self._update(step)
             finally:
                 self._blk, self._memo, self._flag_memo = slice(None), None, None
-                self._gbuf_blk = self._tmp_blk = self._flat_g = None
+                self._tmp_blk = self._flat_g = None
 
     def _update(self, step: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not define _update()")
@@ -200,8 +200,8 @@ class Optimizer:
 
     def _ensure_scratch(self, size: int) -> None:
         if self._tmp.size < size:
-            self._grad_buf = np.empty(size, dtype=self.flat.data.dtype)
             self._tmp = np.empty(size, dtype=self.flat.data.dtype)
+            self._grad_buf = np.empty(0, dtype=self.flat.data.dtype)  # remade at this size when needed
 
     # -- what a kernel reads: views of the current block --------------------------------------
     def _p(self) -> np.ndarray:
@@ -270,9 +270,13 @@ class Optimizer:
         g = self._flat_g[self._blk]
         maximize = self._flag("maximize")
         wd = self._hp("weight_decay") if l2 else 0.0
-        out = self._gbuf_blk
+        if _is(wd, 0.0) and not maximize:
+            return g  # read in place: with Adam's and SGD's defaults the scratch is never made
+        if self._grad_buf.size < self._tmp.size:
+            self._grad_buf = np.empty(self._tmp.size, dtype=self.flat.data.dtype)
+        out = self._grad_buf[:g.size]
         if _is(wd, 0.0):
-            return np.negative(g, out=out) if maximize else g
+            return np.negative(g, out=out)
         np.multiply(self._p(), wd, out=out)               # g = (-)g + wd * p
         if maximize:
             np.subtract(out, g, out=out)
