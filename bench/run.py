@@ -97,7 +97,7 @@ def render(results: dict, plots: dict[str, str]) -> str:
         lines.append(f"| {key} | {m.get(key)} |")
     lines += ["", "| benchmark | target | limit | measured | verdict | command |", "|---|---|---|---|---|---|"]
     for r in targets(results):
-        verdict = "met" if r["ok"] else "**not met**"
+        verdict = "information" if r["limit"] is None and r["ok"] else "met" if r["ok"] else "**not met**"
         if r["noisy"]:
             verdict += " (noisy run)"
         lines.append(f"| {r['benchmark']} | {r['target']} | {_fmt(r['limit'])} | {_fmt(r['value'])}{r['unit']} "
@@ -185,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON and the plots go")
     ap.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md", help="the file to render into")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark before it is stopped")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only redraw the plots and RESULTS.md from a "
+                    "results file this script wrote (nothing is measured)")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        stem = args.render.with_suffix("")
+        plots = {t: _relative(stem.parent / f, args.results_md.parent) for t, f in plot(results, stem).items()}
+        write_results_md(args.results_md, render(results, plots))
+        print(f"{args.results_md} rendered from {args.render}")
+        return 0
     names = [n for n, _ in BENCHMARKS]
     unknown = sorted(set(args.only or []) - set(names))
     if unknown:
@@ -213,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     plots = {t: _relative(args.out / f, args.results_md.parent) for t, f in plot(results, stem).items()}
     write_results_md(args.results_md, render(results, plots))
     rows = targets(results)
-    print(f"\n{sum(r['ok'] for r in rows)} of {len(rows)} targets met; figures in {stem.with_suffix('.json')}, "
+    judged = [r for r in rows if r["limit"] is not None or not r["ok"]]
+    print(f"\n{sum(r['ok'] for r in judged)} of {len(judged)} targets met; figures in {stem.with_suffix('.json')}, "
           f"table in {args.results_md}")
     for r in rows:
-        print(f"  {'met    ' if r['ok'] else 'NOT MET'} {r['benchmark']}: {r['target']} = {_fmt(r['value'])}{r['unit']} "
+        label = "info   " if r["limit"] is None and r["ok"] else "met    " if r["ok"] else "NOT MET"
+        print(f"  {label} {r['benchmark']}: {r['target']} = {_fmt(r['value'])}{r['unit']} "
               f"(limit {_fmt(r['limit'])})")
     return 0 if all(e["status"] in ("ok", "missing") for e in results["benchmarks"].values()) else 1
 

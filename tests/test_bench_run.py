@@ -89,6 +89,12 @@ def test_one_command_end_to_end(tmp_path):
     assert results["benchmarks"]["ps_load"]["report"]["targets"]["ps_no_message_lost@4"]["ok"]
     assert "| ps_load | ps_no_message_lost@4 | 800 | 800 | met |" in md.read_text()
     assert "targets met" in res.stdout
+    # Redrawn from the JSON alone, the table is the same.
+    md.write_text("# Results\n\nHand-written.\n")
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--render", str(out), "--results-md", str(md)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "| ps_load | ps_no_message_lost@4 | 800 | 800 | met |" in md.read_text() and "Hand-written." in md.read_text()
 
 
 def test_unknown_benchmark_is_a_usage_error():
