@@ -64,11 +64,13 @@ def main() -> None:
             job.kill_all()
     _table(("fault", "trials", "max s to exit", "limit s", "exit codes", "lost one named", "checkpoints intact",
             "bitwise resumes", "leftover procs"), rows)
-    print("(MPI 'lost one named': the PID mpiexec reports maps, via distbp's 'ranks:' line, to the killed "
-          "rank; 'hung' = still running at the limit, then killed and counted as a leftover)")
+    print("('lost one named': MPI, distbp's 'rank N (pid P on HOST) was killed by SIGKILL' names the killed "
+          "rank; ZeroMQ, the server names the worker, each worker the server. 'hung' = still running at the "
+          "limit, then killed and counted as a leftover)")
     print()
-    print(f"hostile ZeroMQ messages: tried {hostile['messages_tried']}, dropped {hostile['dropped']}, "
-          f"accepted {hostile['accepted_hostile']}; final parameters equal to a clean run: "
+    print(f"hostile ZeroMQ messages: tried {hostile['messages_tried']}, accepted {hostile['accepted_hostile']} "
+          f"(dropped and counted {hostile['dropped']}; the rest were well-formed hellos of another config, refused, "
+          f"and a frame larger than any gradient, cut off by libzmq); final parameters equal to a clean run: "
           f"{'yes' if hostile['final_params_equal_clean_run'] else 'no'}")
     print("dropped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(hostile["dropped_by_reason"].items())))
 
