@@ -92,3 +92,17 @@ def test_step_quick(tmp_path):
     for batch in (64, 512):
         assert re.search(rf"^ +{batch} +[0-9.]+ +[0-9.]+ +- +[0-9.]+ ", res.stdout, re.M), res.stdout
     assert json.loads(out.read_text())["targets"]
+
+
+def test_zero_quick(tmp_path):
+    if not MPIEXEC.is_file():
+        pytest.skip("mpiexec is not installed next to the interpreter (the mpich wheel)")
+    out = tmp_path / "zero.json"
+    res = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(ROOT / "bench" / "zero.py"), "--quick",
+                          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"ZeRO-1 .* ratio [0-9.]+, [+-][0-9.]+ ms per step saved by sharding", res.stdout), res.stdout
+    report = json.loads(out.read_text())
+    assert report["ranks"] == 2 and report["numel"] == 1_863_690
+    assert set(report["median_s"]) == {"allreduce", "adam_full", "reduce_scatter_allgather", "adam_shard"}
+    assert all(v > 0 for v in report["median_s"].values())
