@@ -118,43 +118,22 @@ linear = Primitive("linear", _linear,
 
 
 # -- elementwise functions ----------------------------------------------------------------
+def _sigmoid_half_(h):
+    # tanh form: never overflows, unlike 1 / (1 + exp(-a)) at a = -1000. In place on h = a / 2,
+    # an array the caller owns, so the fused op below gets the same bits as this one.
+    np.tanh(h, out=h)
+    h *= 0.5
+    h += 0.5
+    return h
+
+
 def _sigmoid(a):
-    # tanh form: never overflows, unlike 1 / (1 + exp(-a)) at a = -1000.
-    return np.tanh(a * 0.5) * 0.5 + 0.5
+    return _sigmoid_half_(a * 0.5)
 
 
 def _sigmoid_(y):
-    # _sigmoid's operations in its order, in place: the same bits.
     y *= 0.5
-    np.tanh(y, out=y)
-    y *= 0.5
-    y += 0.5
-    return y
-
-
-# activation(x @ w + b) as one op, for the activations whose derivative is a function of their
-# output: the activation overwrites the product's fresh array, so the pre-activation, which no
-# VJP reads, does not outlive the forward, and the graph keeps one array per layer (the output,
-# which the next layer's VJP reads anyway) instead of two. ``pre`` turns g into the
-# pre-activation's gradient once (in place when backward owns g); the linear VJPs take that.
-_ACTIVATE_ = {"relu": lambda y: np.maximum(y, 0, out=y), "tanh": lambda y: np.tanh(y, out=y),
-              "sigmoid": _sigmoid_}
-_SLOPE = {"relu": lambda ans: ans > 0, "tanh": lambda ans: 1 - ans * ans, "sigmoid": lambda ans: ans * (1 - ans)}
-FUSED_ACTIVATIONS = tuple(_ACTIVATE_)
-
-
-def _linear_act_pre(g, owned, ans, x, w, b, act):
-    slope = _SLOPE[act](ans)
-    return np.multiply(g, slope, out=g) if owned else g * slope
-
-
-linear_act = Primitive("linear_act", lambda x, w, b, act: _ACTIVATE_[act](_linear(x, w, b)),
-                       lambda g, ans, x, w, b, act: g @ w.T,
-                       lambda g, ans, x, w, b, act: _rows(g, x)[1].T @ _rows(g, x)[0],
-                       lambda g, ans, x, w, b, act: g.reshape(-1, g.shape[-1]).sum(axis=0),
-                       into={1: lambda out, g, ans, x, w, b, act: _linear_into_w(out, g, ans, x, w, b),
-                             2: lambda out, g, ans, x, w, b, act: _linear_into_b(out, g, ans, x, w, b)},
-                       pre=_linear_act_pre)
+    return _sigmoid_half_(y)
 
 
 exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans,
@@ -172,6 +151,32 @@ leaky_relu = Primitive("leaky_relu", lambda a, slope: np.where(a > 0, a, a * slo
                        lambda g, ans, a, slope: np.where(a > 0, g, g * slope))
 hardtanh = Primitive("hardtanh", lambda a, lo, hi: np.clip(a, lo, hi),
                      lambda g, ans, a, lo, hi: g * ((a > lo) & (a < hi)))
+
+
+# activation(x @ w + b) as one op, for the activations whose VJP reads only their output: the
+# activation overwrites the product's fresh array, so the pre-activation, which no VJP reads,
+# does not outlive the forward, and the graph keeps one array per layer (the output, which the
+# next layer's VJP reads anyway) instead of two. ``pre`` applies the activation's own VJP once
+# (its in-place form when backward owns g); linear's VJPs then take that gradient.
+_ACTIVATE_ = {"relu": lambda y: np.maximum(y, 0, out=y), "tanh": lambda y: np.tanh(y, out=y),
+              "sigmoid": _sigmoid_}
+_FUSABLE = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid}
+FUSED_ACTIVATIONS = tuple(_ACTIVATE_)
+
+
+def _linear_act_pre(g, owned, ans, x, w, b, act):
+    prim = _FUSABLE[act]
+    return prim.inplace(g, ans, None) if owned else prim.vjps[0](g, ans, None)
+
+
+def _without_act(fn):
+    """One of linear's VJPs (or into-writers), taking and ignoring linear_act's ``act``."""
+    return lambda *args, act: fn(*args)
+
+
+linear_act = Primitive("linear_act", lambda x, w, b, act: _ACTIVATE_[act](_linear(x, w, b)),
+                       *map(_without_act, linear.vjps),
+                       into={i: _without_act(f) for i, f in linear.into.items()}, pre=_linear_act_pre)
 
 
 def _log_softmax(a, axis):
