@@ -126,8 +126,10 @@ class Communicator:
 
     def processes(self) -> list[str]:
         """"pid@host" of every rank, in rank order, on every rank (a collective), logged at
-        start so that a PID seen in ps, top or a launcher's report can be matched to its
-        rank; empty where the transport names its peers itself or there is only one."""
+        start so that a PID seen in ps or top can be matched to its rank (under mpiexec these
+        are the processes that train, children of the ones mpiexec launched: see
+        comm/supervise.py); empty where the transport names its peers itself or there is
+        only one."""
         return []
 
     def check_same(self, what: str, value: int, hint: str = "") -> None:

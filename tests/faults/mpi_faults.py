@@ -206,14 +206,11 @@ def rank_named(output: str) -> int | None:
     return int(named[0]) if len(named) == 1 else None
 
 
-def mpiexec_named(output: str) -> int | None:
-    """The rank of the PID mpiexec reports ("BAD TERMINATION ... PID p RUNNING AT host"),
-    matched against the pids mpiexec launched (the parents of distbp's "ranks:" line's)."""
+def mpiexec_named(output: str, launched: dict[int, int]) -> int | None:
+    """The rank of the PID mpiexec reports ("BAD TERMINATION ... PID p RUNNING AT host"), by
+    ``launched`` ({pid mpiexec launched: rank})."""
     lost = re.search(r"PID (\d+) RUNNING AT", output)
-    return None if not lost else _LAUNCHED.get(int(lost.group(1)))
-
-
-_LAUNCHED: dict[int, int] = {}  # launched pid -> rank, filled by kill_random_rank
+    return None if not lost else launched.get(int(lost.group(1)))
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int | None, bool, str]:
@@ -248,7 +245,7 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
     job = _Job(N, run_dir)
     try:
         pids = rank_pids(run_dir, N)
-        _LAUNCHED.update({pid: r for r, pid in rank_pids(run_dir, N, launched=True).items()})
+        launched = {pid: r for r, pid in rank_pids(run_dir, N, launched=True).items()}
         reached = job.wait_for_step(at_step)
         os.kill(pids[rank], signal.SIGKILL)
         code, took = job.wait_exit(EXIT_WITHIN_S)
@@ -256,7 +253,7 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
         leftovers = job.cleanup()
     out = job.output()
     named = rank_named(out)
-    by_mpiexec = mpiexec_named(out)
+    by_mpiexec = mpiexec_named(out, launched)
     lost_lines = [line.strip() for line in out.splitlines()
                   if "BAD TERMINATION" in line or "KILLED BY SIGNAL" in line or "RANK" in line]
     ckpt_step, loads, why = newest_checkpoint(run_dir)
