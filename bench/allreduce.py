@@ -32,7 +32,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -41,7 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import finish, machine_info  # noqa: E402  (bench/ is on sys.path)
+from common import BUSY_CORES, CpuWatch, finish, machine_info, mpiexec_path, rotation  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
@@ -54,7 +53,6 @@ SWEEP_BYTES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, MLP_BYTES]
 RANKS = (2, 4)
 TARGET = 0.95  # distbp must reach this fraction of raw Allreduce's speed
 NOISY_SPREAD = 0.10
-BUSY_CORES = 0.25  # other processes using more than this many cores during a job: say so, run it again
 
 
 # -- shared with bench/scaling.py -----------------------------------------------------------
@@ -66,47 +64,6 @@ def print_machine(info: dict) -> None:
           f"({info['blas_threads']} thread per rank)")
     print(f"mpi: mpi4py {info['mpi4py']}, launcher {mpiexec_path()}; load average at start {load_s}")
     print(f"distbp: {info['code']}")
-
-
-def mpiexec_path() -> Path:
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.is_file():
-        return here
-    found = shutil.which("mpiexec") or shutil.which("mpirun")
-    if found is None:
-        raise SystemExit("mpiexec not found next to the interpreter nor on PATH; install the mpich wheel "
-                         "(pip install mpich) or an MPI")
-    return Path(found)
-
-
-def _cpu_ticks() -> tuple[float, float, float]:
-    """(busy, steal, total) seconds of all CPUs since boot, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [float(v) for v in f.readline().split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    steal = fields[7] if len(fields) > 7 else 0.0
-    total = sum(fields[:8])
-    return (total - idle - steal) / hz, steal / hz, total / hz
-
-
-class CpuWatch:
-    """CPU used by everything else on the machine while a job runs: the busy time of all
-    CPUs minus what this process and its (waited-for) children used, in cores, and the time
-    the hypervisor stole. The machine is shared; this says how shared it was."""
-
-    def __enter__(self) -> "CpuWatch":
-        self.t0, self.cpu0, self.me0 = time.perf_counter(), _cpu_ticks(), os.times()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        wall = time.perf_counter() - self.t0
-        cpu1, me1 = _cpu_ticks(), os.times()
-        mine = sum(getattr(me1, k) - getattr(self.me0, k)
-                   for k in ("user", "system", "children_user", "children_system"))
-        busy, steal, total = (b - a for a, b in zip(self.cpu0, cpu1))
-        self.result = {"wall_s": wall, "other_cores": max(0.0, busy - mine) / max(wall, 1e-9),
-                       "steal_pct": 100.0 * steal / max(total, 1e-9)}
 
 
 def launch(script: Path, n: int, worker_args: list[str], timeout: float, mpiexec_args: list[str] = ()) -> dict:
@@ -154,13 +111,6 @@ def load_line(n: int | str, res: dict) -> str:
     o = res["other_load"]
     return (f"  ran {n} rank(s) in {o['wall_s']:.1f} s; other processes kept {o['other_cores']:.2f} cores busy "
             f"meanwhile, hypervisor steal {o['steal_pct']:.1f}%")
-
-
-def rotation(names: list[str], r: int) -> list[str]:
-    """Round r's order: rotated by r, reversed every other round, as bench/step.py does."""
-    k = r % len(names)
-    order = names[k:] + names[:k]
-    return order[::-1] if r % 2 else order
 
 
 def busy_warning(ranks: dict) -> str | None:

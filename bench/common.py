@@ -1,6 +1,7 @@
 """What every benchmark prints first (the machine and the code it measured), how it ends
 (``finish``), and the MLP training-step variants and interleaved timing that bench/step.py and
-bench/deep.py share."""
+bench/deep.py share, and what the multi-process benchmarks share (the launcher, the
+machine's other load, the order of interleaved rounds)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,6 +74,58 @@ def code_version() -> str:
     if not head:
         return "unknown (not a git checkout)"
     return f"git {head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+# -- shared by the multi-process benchmarks (allreduce, scaling, tta) --------------------------
+BUSY_CORES = 0.25  # other processes using more than this many cores during a job: say so, run it again
+
+
+def mpiexec_path() -> Path:
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.is_file():
+        return here
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if found is None:
+        raise SystemExit("mpiexec not found next to the interpreter nor on PATH; install the mpich wheel "
+                         "(pip install mpich) or an MPI")
+    return Path(found)
+
+
+def _cpu_ticks() -> tuple[float, float, float]:
+    """(busy, steal, total) seconds of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [float(v) for v in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    steal = fields[7] if len(fields) > 7 else 0.0
+    total = sum(fields[:8])
+    return (total - idle - steal) / hz, steal / hz, total / hz
+
+
+class CpuWatch:
+    """CPU used by everything else on the machine while a job runs: the busy time of all
+    CPUs minus what this process and its (waited-for) children used, in cores, and the time
+    the hypervisor stole. The machine is shared; this says how shared it was."""
+
+    def __enter__(self) -> "CpuWatch":
+        self.t0, self.cpu0, self.me0 = time.perf_counter(), _cpu_ticks(), os.times()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        cpu1, me1 = _cpu_ticks(), os.times()
+        mine = sum(getattr(me1, k) - getattr(self.me0, k)
+                   for k in ("user", "system", "children_user", "children_system"))
+        busy, steal, total = (b - a for a, b in zip(self.cpu0, cpu1))
+        self.result = {"wall_s": wall, "other_cores": max(0.0, busy - mine) / max(wall, 1e-9),
+                       "steal_pct": 100.0 * steal / max(total, 1e-9)}
+
+
+def rotation(names: list[str], r: int) -> list[str]:
+    """Round r's order: rotated by r, reversed every other round, as bench/step.py does."""
+    k = r % len(names)
+    order = names[k:] + names[:k]
+    return order[::-1] if r % 2 else order
 
 
 def finish(report: dict, json_path: str | None, strict: bool, verdicts: list[bool]) -> int:
@@ -369,9 +423,7 @@ def rounds(variants: list, steps: int, n_rounds: int, warmup: int, rewarm: int):
             v.step()
     per_round = max(1, -(-steps // n_rounds))
     for r in range(n_rounds):
-        k = r % len(variants)
-        order = variants[k:] + variants[:k]
-        for v in (order[::-1] if r % 2 else order):
+        for v in rotation(variants, r):
             for _ in range(rewarm):
                 v.step()
             yield v, per_round

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/allreduce.py's helpers
 
 import allreduce as arb
-from common import finish  # noqa: E402
+from common import BUSY_CORES, finish, machine_info, rotation  # noqa: E402
 
 SIZES = arb.MLP_SIZES
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
@@ -156,7 +156,7 @@ def worker(args) -> int:
     names = [c.name for c in configs]
     by_name = {c.name: c for c in configs}
     for r in range(args.rounds):
-        for name in arb.rotation(names, r):
+        for name in rotation(names, r):
             c = by_name[name]
             gentle_barrier(world)
             if runs(c):
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, help="untimed steps per configuration first (default 3; --quick 1)")
     ap.add_argument("--sweep-rounds", type=int, help="rounds of the all-reduce size sweep (default 10; --quick 2)")
     ap.add_argument("--retries", type=int, help="rerun a job up to this many times when other processes kept "
-                    f"more than {arb.BUSY_CORES} cores busy during it (default 2; --quick 0)")
+                    f"more than {BUSY_CORES} cores busy during it (default 2; --quick 0)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: few steps (explicit flags still win)")
     ap.add_argument("--bind", action="store_true", help="pass '-bind-to core' to mpiexec")
     ap.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(args.global_batch < n for n in args.ranks):
         ap.error("--global-batch must be at least the largest rank count")
 
-    info = arb.machine_info()
+    info = machine_info()
     cores = info["usable_cores"] or 1
     print(f"bench/scaling.py: data-parallel training steps of MLP {'-'.join(map(str, SIZES))} (ReLU, softmax CE, "
           f"Adam), float32, gradients summed by distbp.comm.MPICommunicator")

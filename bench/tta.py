@@ -44,11 +44,6 @@ from __future__ import annotations
 
 import os
 
-# The environment the user started the benchmark with, for the runs it launches: the default
-# config chooses its own BLAS threads, and bench/allreduce.py, imported below for its helpers,
-# sets one BLAS thread for its ranks when it is imported.
-LAUNCH_ENV = dict(os.environ)
-
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -67,12 +62,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 sys.path.insert(0, str(HERE))
 
-from common import finish, machine_info  # noqa: E402  (numpy loads here, before allreduce)
-
-import allreduce as arb  # noqa: E402
-
-os.environ.clear()
-os.environ.update(LAUNCH_ENV)
+# The runs it launches get the user's environment: the default config chooses its own BLAS threads.
+from common import BUSY_CORES, CpuWatch, finish, machine_info, mpiexec_path, rotation  # noqa: E402
 
 CONFIG = ROOT / "configs" / "default.yaml"
 TORCH_SCRIPT = HERE / "tta_torch.py"
@@ -100,7 +91,7 @@ def distbp_command(n: int, overrides: list[str], run_dir: Path) -> list[str]:
     program = [str(script)] if script.is_file() else [sys.executable, "-m", "distbp.cli"]
     cmd = [*program, "--config", str(CONFIG), "--run-dir", str(run_dir), "--resume", "never",
            *[a for o in overrides for a in ("--set", o)]]
-    return cmd if n == 1 else [str(arb.mpiexec_path()), "-n", str(n), *cmd]
+    return cmd if n == 1 else [str(mpiexec_path()), "-n", str(n), *cmd]
 
 
 def torch_command(overrides: list[str], run_dir: Path, threads: int, target: float) -> list[str]:
@@ -115,13 +106,13 @@ def tail_run(cmd: list[str], run_dir: Path, out: Path, timeout: float) -> dict:
     Returns the stamped records, when the file was created and when the process exited, and
     how many cores other processes kept busy meanwhile. A failed run ends the benchmark."""
     metrics = str(run_dir / "metrics.jsonl")
-    env = dict(LAUNCH_ENV, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     records: list[tuple[float, dict]] = []
     created = None
     pending = b""
     # Raw os.read on a descriptor and os.path.exists: the cheapest checks, so the polling costs
     # about 3% of one core (measured), not the ~6% of buffered text reads.
-    with open(out, "w") as log, arb.CpuWatch() as watch:
+    with open(out, "w") as log, CpuWatch() as watch:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 start_new_session=True)
@@ -232,7 +223,7 @@ def summarize(runs: list[dict]) -> dict:
 def quiet_medians(hit: list[dict]) -> dict:
     """The same medians over the runs during which other processes kept at most BUSY_CORES
     cores busy: on a shared machine, the figures that measure the program, not its neighbours."""
-    quiet = [r for r in hit if r["other_cores"] <= arb.BUSY_CORES]
+    quiet = [r for r in hit if r["other_cores"] <= BUSY_CORES]
     out: dict = {"runs": len(quiet)}
     for key in ("launch_s", "setup_s", "loop_s", "run_s"):
         out[key] = statistics.median(r[key] for r in quiet) if quiet else None
@@ -257,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, help="untimed short runs of every variant first, to load the "
                     "libraries into the page cache (default 1; --quick 0)")
     ap.add_argument("--retries", type=int, help=f"run a repeat again (up to this many times) when other processes "
-                    f"kept more than {arb.BUSY_CORES} cores busy during it; the least disturbed is kept "
+                    f"kept more than {BUSY_CORES} cores busy during it; the least disturbed is kept "
                     "(default 1; --quick 0)")
     ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: the BLAS threads of "
                     "distbp's 1-worker run)")
@@ -306,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), python {info['python']}, "
           f"numpy {info['numpy']}, BLAS {info['blas']}, mpi4py {info['mpi4py']}; load average at start "
           f"{', '.join(f'{v:.2f}' for v in info['loadavg_at_start'] or [])}")
-    print(f"distbp: {info['code']}; launcher {arb.mpiexec_path()} for N > 1")
+    print(f"distbp: {info['code']}; launcher {mpiexec_path()} for N > 1")
     # distbp's rule for comm.threads = null: the cores divided among the ranks on the host.
     threads_1 = cfg["comm"]["threads"] or max(1, cpu_count())
     torch_threads = args.torch_threads or threads_1
@@ -368,11 +359,11 @@ def main(argv: list[str] | None = None) -> int:
                 run_once(v, [f"train.max_steps={args.eval_every}"])
         for r in range(args.repeats):
             ev.sample(EVAL_CALLS)
-            for v in arb.rotation(variants, r):
+            for v in rotation(variants, r):
                 attempts = []
                 for _ in range(1 + args.retries):
                     attempts.append(run_once(v, []))
-                    if attempts[-1]["other_cores"] <= arb.BUSY_CORES:
+                    if attempts[-1]["other_cores"] <= BUSY_CORES:
                         break
                 res = min(attempts, key=lambda a: a["other_cores"])
                 res["attempts"] = len(attempts)
@@ -430,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(fmt(t) for t in row["launch_s_per_run"]))
     if over:
         print(f"* oversubscribed: {cores} cores for that many ranks (time-sharing, not scaling)")
-    print(f"quiet runs only (other processes kept <= {arb.BUSY_CORES} cores busy), medians: " + "; ".join(
+    print(f"quiet runs only (other processes kept <= {BUSY_CORES} cores busy), medians: " + "; ".join(
         f"{v} " + (f"launch {fmt(q['launch_s'])} s, setup {fmt(q['setup_s'])}, loop {fmt(q['loop_s'])} "
                    f"({q['runs']} run{'s' if q['runs'] > 1 else ''})" if q["runs"] else "none")
         for v, row in report["variants"].items() for q in [row["quiet"]]))
@@ -447,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     verdicts = []
     busy = [f"{v} ({row['other_cores_max']:.2f} cores)" for v, row in report["variants"].items()
-            if row["other_cores_max"] > arb.BUSY_CORES]
+            if row["other_cores_max"] > BUSY_CORES]
     if busy:
         print("BUSY   other processes kept cores busy during some runs: " + ", ".join(busy)
               + "; the times include that contention: rerun on a quiet machine before trusting them")
