@@ -168,28 +168,29 @@ def analyse(res: dict, target: float) -> dict:
 
 class EvalTimer:
     """The cost of one validation pass of distbp's coordinator on the default config (the
-    Trainer's own ``_evaluate``), with the BLAS threads of a 1-worker run, timed in this
+    Trainer's own ``evaluate``), with the BLAS threads of a 1-worker run, timed in this
     process because ``distbp-train`` does not time its evals. ``sample`` is called between the
     runs, so the figure sees the same drift of the machine as they do."""
 
     def __init__(self, overrides: list[str]) -> None:
         from distbp.comm.threads import pin_blas_threads
-        from distbp.data import load_data
-        from distbp.train import Trainer, load_config
+        from distbp.data import data_info, load_data
+        from distbp.train import load_config
         from distbp.train.build import build_loss, build_model
+        from distbp.train.trainer import evaluate
 
         cfg = load_config(CONFIG, overrides)
         self.threads = pin_blas_threads(cfg["comm"]["threads"], 1)
         self.splits = load_data(cfg["data"], cfg["seed"], cfg["model"]["window"])
-        self.model = build_model(cfg, self.splits)
+        self.model = build_model(cfg, data_info(self.splits.train))
         self.loss_fn = build_loss(cfg, self.splits.train.num_classes)
-        self.evaluate = Trainer._evaluate  # its self is unused: no Trainer (and no communicator) needed
+        self.evaluate = evaluate  # the Trainer's own evaluation, with no Trainer (and no communicator)
         self.times: list[float] = []
 
     def sample(self, calls: int, warmup: int = 5) -> None:
         for i in range(warmup + calls):
             t = time.perf_counter()
-            self.evaluate(None, self.model, self.loss_fn, self.splits)
+            self.evaluate(self.model, self.loss_fn, self.splits.val)
             if i >= warmup:
                 self.times.append(time.perf_counter() - t)
 

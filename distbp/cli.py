@@ -10,7 +10,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE = 0, 1, 2
+from .errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
 
 
 def _fail(prog: str, message: str, code: int) -> int:
@@ -20,36 +20,35 @@ def _fail(prog: str, message: str, code: int) -> int:
 
 def _guard(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``; every failure becomes one message and an exit code, never a traceback
-    (set DISTBP_DEBUG=1 to see one).
+    (set DISTBP_DEBUG=1 to see one). distbp's errors carry their exit code.
 
-    Under mpirun, errors that every rank raises together (config, rank mismatch, a signal)
-    are reported once, by rank 0. Any other error is printed with its rank and aborts the
-    whole job, so no rank is left waiting in a collective.
+    Under mpirun, errors that every rank raises together (``collective``: config, rank
+    mismatch, a signal) are reported once, by rank 0. Any other error is printed with its
+    rank and aborts the whole job, so no rank is left waiting in a collective.
     """
-    from .autodiff.tensor import ShapeError
-    from .comm import MismatchError, PeerLost, ServerStopped, launched_by_mpi, world_rank
-    from .data import DataError
-    from .train import CheckpointError, ConfigError, Interrupted, TrainingError
+    from .comm import launched_by_mpi, world_rank
+    from .errors import DistbpError
+    from .train import Interrupted
 
     rank, size = world_rank(), launched_by_mpi()
     if size > 1:
         prog = f"{prog}[rank {rank}]"
     try:
         return body()
-    except (ConfigError, MismatchError) as e:
-        if rank != 0:
-            return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUN_ERROR
-        code = EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUN_ERROR
-        return _fail(prog, str(e).replace("\n", "\n  "), code)
-    except Interrupted as e:
-        if rank == 0:
+    except DistbpError as e:
+        if e.collective and rank != 0:
+            return e.exit_code
+        if os.environ.get("DISTBP_DEBUG"):
+            traceback.print_exc()
+        if isinstance(e, Interrupted):
             print(f"{prog}: {e}", file=sys.stderr)
-        return 128 + e.signum
+            return e.exit_code
+        code = _fail(prog, str(e).replace("\n", "\n  "), e.exit_code)
+        if e.collective:
+            return code
     except KeyboardInterrupt:
         code = _fail(prog, "interrupted", 128 + 2)
-    except ServerStopped as e:
-        code = _fail(prog, str(e), e.code or EXIT_RUN_ERROR)
-    except (DataError, CheckpointError, TrainingError, ShapeError, OSError, ImportError, PeerLost) as e:
+    except (OSError, ImportError) as e:
         if os.environ.get("DISTBP_DEBUG"):
             traceback.print_exc()
         code = _fail(prog, str(e), EXIT_RUN_ERROR)
@@ -59,10 +58,9 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
         code = _fail(prog, f"internal error {type(e).__name__}: {e} (set DISTBP_DEBUG=1 for the traceback)",
                      EXIT_RUN_ERROR)
     if size > 1:
-        from mpi4py import MPI
+        from .comm import MPICommunicator
 
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(code)
+        MPICommunicator.abort_world(code)
     return code
 
 

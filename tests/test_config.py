@@ -39,6 +39,40 @@ def _nested(path: str, value: Any) -> dict[str, Any]:
     return out
 
 
+NER = str(REPO / "configs" / "data" / "ner-small.conll")
+# The variant each key takes effect in (config.APPLIES): a key set elsewhere is refused.
+_CONTEXT = {
+    "model.margin": {"model": {"loss": "multi_margin"}},
+    "model.layers": {"model": {"type": "sequential"}},
+    "data.whiten_eps": {"data": {"preprocess": "whiten"}},
+    "optimizer.momentum": {"optimizer": {"name": "sgd"}}, "optimizer.dampening": {"optimizer": {"name": "sgd"}},
+    "optimizer.nesterov": {"optimizer": {"name": "momentum"}},
+    "optimizer.alpha": {"optimizer": {"name": "rmsprop"}},
+    "schedule.step_size": {"schedule": {"name": "step"}}, "schedule.gamma": {"schedule": {"name": "step"}},
+    "schedule.tau": {"schedule": {"name": "annealing"}}, "schedule.t_max": {"schedule": {"name": "cosine"}},
+    "schedule.eta_min": {"schedule": {"name": "cosine"}},
+}
+for _k in ("embed_dim", "window", "hidden"):
+    _CONTEXT[f"model.{_k}"] = {"model": {"type": "window"}, "data": {"name": "conll", "path": NER}}
+for _k in ("kind", "samples", "features", "classes", "noise"):
+    _CONTEXT[f"data.{_k}"] = {"data": {"name": "synthetic"}, "model": {"sizes": [16, 8, 3]}}
+for _k in ("warmup_steps", "after"):
+    _CONTEXT[f"schedule.{_k}"] = {"schedule": {"name": "warmup"}}
+for _k in ("role", "endpoint", "workers", "heartbeat_s", "timeout_s", "join_timeout_s", "curve"):
+    _CONTEXT[f"comm.{_k}"] = {"comm": {"backend": "zmq"}}
+
+
+def _in_context(path: str, value: Any) -> dict[str, Any]:
+    """``{path: value}`` in a config where ``path`` takes effect."""
+    out = copy.deepcopy(_CONTEXT.get(path, {}))
+    node = out
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
+
+
 def _error(raw: Any = None, overrides: tuple[str, ...] = ()) -> str:
     with pytest.raises(ConfigError) as info:
         resolve(raw, overrides)
@@ -155,7 +189,7 @@ def _above_max(f: Field) -> list[Any]:
 RANGE_CASES = [(path, f, v) for path, f in FIELDS for v in _below_min(f) + _above_max(f)]
 CHOICE_FIELDS = [(path, f) for path, f in FIELDS if f.choices]
 WRONG_TYPE = {"int": "abc", "float": "abc", "bool": 3, "str": 123, "str_or_int": [1],
-              "int_list": "abc", "float_list": "abc"}
+              "int_list": "abc", "size_list": "abc", "float_list": "abc", "mapping": [1], "list": "abc"}
 
 
 def test_the_schema_has_the_cases_the_generated_tests_need():
@@ -184,7 +218,7 @@ def test_every_minimum_is_accepted(path, f):
     v = [value] * (f.length or 1) if f.kind.endswith("_list") else value
     if path == "model.sizes":
         v = [value, value]
-    cfg = resolve(_nested(path, v))
+    cfg = resolve(_in_context(path, v))
     node = cfg
     for part in path.split("."):
         node = node[part]
@@ -194,7 +228,8 @@ def test_every_minimum_is_accepted(path, f):
 @pytest.mark.parametrize("path, f", CHOICE_FIELDS, ids=[p for p, _ in CHOICE_FIELDS])
 def test_every_choice_field_rejects_a_bogus_value_with_a_suggestion(path, f):
     msg = _error(_nested(path, "bogus-value-xyz"))
-    assert msg == f"{path}: 'bogus-value-xyz' is not one of {', '.join(f.choices)}"
+    also = " or a function of your own as pkg.module:function" if f.factory else ""
+    assert msg == f"{path}: 'bogus-value-xyz' is not one of {', '.join(f.choices)}{also}"
     near = f.choices[0] + "x"
     msg = _error(_nested(path, near))
     assert msg.startswith(f"{path}: {near!r} is not one of ")
@@ -221,24 +256,26 @@ def test_every_number_rejects_a_bool(path):
 
 # -- --set ----------------------------------------------------------------------------------------
 
-def test_set_values_are_parsed_as_yaml():
+def test_set_values_are_parsed_as_yaml(tmp_path):
+    (tmp_path / "d.csv").write_text("a,label\n1,x\n")
+    csv = [f"data.name=csv", f"data.path={tmp_path / 'd.csv'}"]
     cfg = resolve(None, ["train.epochs=5", "optimizer.lr=0.5", "model.sizes=[64, 32, 10]",
-                         "train.max_steps=null", "optimizer.nesterov=true", "data.label=label",
-                         "run_dir=runs/a=b", "optimizer.betas=[0.8, 0.9]"])
+                         "train.max_steps=null", "data.label=label", "run_dir=runs/a=b",
+                         "optimizer.betas=[0.8, 0.9]"] + csv)
     assert cfg["train"]["epochs"] == 5 and isinstance(cfg["train"]["epochs"], int)
     assert cfg["optimizer"]["lr"] == 0.5
     assert cfg["model"]["sizes"] == [64, 32, 10]
     assert cfg["train"]["max_steps"] is None
-    assert cfg["optimizer"]["nesterov"] is True
+    assert resolve(None, ["optimizer.name=momentum", "optimizer.nesterov=true"])["optimizer"]["nesterov"] is True
     assert cfg["data"]["label"] == "label"
     assert cfg["run_dir"] == "runs/a=b"  # only the first '=' separates key and value
     assert cfg["optimizer"]["betas"] == [0.8, 0.9]
-    assert resolve(None, ["data.label=3"])["data"]["label"] == 3
+    assert resolve(None, ["data.label=3"] + csv)["data"]["label"] == 3
 
 
 def test_set_scientific_notation_without_a_dot_is_a_float():
     # PyYAML reads 1e-3 as the string "1e-3"; the schema accepts it for a float.
-    cfg = resolve(None, ["optimizer.lr=1e-3", "data.whiten_eps=1e-8"])
+    cfg = resolve(None, ["optimizer.lr=1e-3", "data.preprocess=whiten", "data.whiten_eps=1e-8"])
     assert cfg["optimizer"]["lr"] == 0.001 and isinstance(cfg["optimizer"]["lr"], float)
     assert cfg["data"]["whiten_eps"] == 1e-8
 
@@ -356,7 +393,8 @@ def test_mlp_needs_two_sizes():
 # -- dump -------------------------------------------------------------------------------------------
 
 def test_dump_round_trips(tmp_path):
-    cfg = resolve(None, ["optimizer.lr=1e-3", "model.sizes=[64, 32, 10]", "data.label=3"])
+    cfg = resolve(None, ["optimizer.lr=1e-3", "model.sizes=[64, 32, 10]", "schedule.name=step",
+                         "schedule.gamma=0.5"])
     p = tmp_path / "c.yaml"
     p.write_text(dump(cfg))
     assert load_config(p) == cfg

@@ -15,6 +15,7 @@ import yaml
 
 from distbp import cli
 from distbp.train import defaults, list_checkpoints, load_config, read_checkpoint
+from distbp.train.config import effective
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -86,7 +87,8 @@ def test_every_config_trains(tmp_path, capsys, monkeypatch, config):
     assert ckpt.step == 16 and np.isfinite(ckpt.arrays["params"]).all()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     # config.yaml records the run directory the run really used (--run-dir here).
-    assert saved == dict(load_config(config.relative_to(REPO), overrides), run_dir=str(run))
+    assert saved == effective(dict(load_config(config.relative_to(REPO), overrides), run_dir=str(run)))
+    assert load_config(run / "config.yaml") == dict(load_config(config.relative_to(REPO), overrides), run_dir=str(run))
 
 
 @pytest.mark.slow
@@ -95,7 +97,7 @@ def test_the_default_run_reaches_97_percent(tmp_path):
     proc = subprocess.run([str(BIN / "distbp-train")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "digits-mlp"
-    assert yaml.safe_load((run / "config.yaml").read_text()) == defaults()
+    assert yaml.safe_load((run / "config.yaml").read_text()) == effective(defaults())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if "val_accuracy" in r][-1]
     steps = defaults()["train"]["epochs"] * -(-1617 // defaults()["train"]["global_batch"])

@@ -104,7 +104,7 @@ original = T.Trainer._train_step
 def perturbed(self, step, *args):
     out = original(self, step, *args)
     if self.comm.rank == 1 and step == 4:
-        args[4].flat.data[0] += 1e-3   # args: splits, sampler, model, loss_fn, opt, dropouts
+        args[0].opt.flat.data[0] += 1e-3   # args: the Trainer's run state
     return out
 T.Trainer._train_step = perturbed
 from distbp.cli import train_main
@@ -211,8 +211,8 @@ import sys
 import numpy as np
 from distbp.train import trainer as T
 original = T.Trainer._restore
-def restore(self, ckpt, model, opt, sched):
-    original(self, ckpt, model, opt, sched)
+def restore(self, ckpt, model, opt, sched, pre):
+    original(self, ckpt, model, opt, sched, pre)
     if self.comm.rank == 1:  # as if rank 1 had read another file: rank 0's state must win
         for v in opt.state.values():
             if isinstance(v, np.ndarray):

@@ -25,6 +25,8 @@ from distbp.train import (CheckpointError, ConfigError, Interrupted, Trainer, Tr
 from distbp.train import trainer as trainer_module
 from distbp.train.checkpoint import write_checkpoint
 from distbp.train.build import build_model
+from distbp.train.config import effective
+from distbp.data import data_info, load_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,11 @@ EVAL_KEYS = {"step", "val_loss", "val_accuracy"}
 
 
 def _cfg(*overrides: str) -> dict:
-    return resolve(None, BASE + list(overrides))
+    base = BASE
+    if any(o.startswith("data.name=") for o in overrides):  # the synthetic keys have no effect on files
+        base = [b for b in BASE if b.split("=")[0] not in ("data.name", "data.samples", "data.features",
+                                                           "data.classes", "data.noise")]
+    return resolve(None, base + list(overrides))
 
 
 def _run(run_dir: Path, *overrides: str, resume: str = "auto", cfg: dict | None = None, comm=None):
@@ -62,9 +68,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 def captured_models(monkeypatch):
     models = []
 
-    def capture(cfg, splits):
-        model = build_model(cfg, splits)
-        models.append((model, splits))
+    def capture(cfg, info):
+        model = build_model(cfg, info)
+        # The Trainer's own data, loaded again (deterministic), for reference values.
+        models.append((model, load_data(cfg["data"], cfg["seed"], cfg["model"]["window"])))
         return model
 
     monkeypatch.setattr(trainer_module, "build_model", capture)
@@ -101,7 +108,7 @@ def test_the_loss_logged_is_the_batch_mean(tmp_path, captured_models):
     _run(tmp_path / "run", "train.max_steps=1", "train.log_every=1", "optimizer.name=sgd")
     model, splits = captured_models[0]
     cfg = _cfg("train.max_steps=1", "optimizer.name=sgd")
-    fresh = build_model(cfg, splits)
+    fresh = build_model(cfg, data_info(splits.train))
     idx = DistributedSampler(len(splits.train), 23, cfg["seed"]).global_batch_indices(0)
     loss = F.cross_entropy(fresh(Tensor(splits.train.x[idx])), splits.train.y[idx])
     loss.backward()
@@ -132,7 +139,7 @@ def test_config_yaml_with_hash(tmp_path):
     text = (tmp_path / "run" / "config.yaml").read_text()
     first = text.splitlines()[0]
     assert first.startswith("# distbp ") and first.endswith(f"; config hash {config_hash(cfg)}")
-    assert yaml.safe_load(text) == dict(cfg, run_dir=str(tmp_path / "run"))
+    assert yaml.safe_load(text) == effective(dict(cfg, run_dir=str(tmp_path / "run")))
 
 
 def test_final_checkpoint_holds_the_final_parameters(tmp_path, captured_models):

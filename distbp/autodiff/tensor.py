@@ -14,6 +14,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from ..errors import DistbpError
 
 DEFAULT_DTYPE = np.float32
 
@@ -22,7 +23,7 @@ DEFAULT_DTYPE = np.float32
 _FREED = ("freed",)
 
 
-class ShapeError(ValueError):
+class ShapeError(DistbpError, ValueError):
     """An op was given operands whose shapes do not fit; the message names the op and shapes."""
 
 

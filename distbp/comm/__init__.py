@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .abort import install_abort_hook, rank_name
 from .base import Communicator, LocalCommunicator, MismatchError, PeerLost, ServerStopped
-from .mpi import MPICommunicator, launched_by_mpi, local_world, world_rank
+from .mpi import LaunchError, MPICommunicator, check_launcher, launched_by_mpi, local_world, world_rank
 from .threads import cpu_count, pin_blas_threads
 
 BACKENDS = ("auto", "local", "mpi", "zmq")
@@ -16,6 +17,8 @@ def get_communicator(comm_cfg: Mapping[str, Any]) -> Communicator:
     mpiexec started this process with more than one rank, else local; ``zmq`` is the
     parameter server or one of its workers, by ``comm.role``."""
     backend = comm_cfg.get("backend", "auto")
+    if backend == "auto":
+        check_launcher()
     if backend == "mpi" or (backend == "auto" and launched_by_mpi() > 1):
         return MPICommunicator()
     if backend == "zmq":
@@ -28,4 +31,4 @@ def get_communicator(comm_cfg: Mapping[str, Any]) -> Communicator:
 
 
 __all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MismatchError", "PeerLost", "ServerStopped", "get_communicator",
-           "launched_by_mpi", "local_world", "world_rank", "cpu_count", "pin_blas_threads", "BACKENDS"]
+           "launched_by_mpi", "local_world", "install_abort_hook", "rank_name", "LaunchError", "check_launcher", "world_rank", "cpu_count", "pin_blas_threads", "BACKENDS"]

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import zlib
 from typing import Any, Callable
 
 import numpy as np
+from ..errors import DistbpError
 
 
-class MismatchError(RuntimeError):
+class MismatchError(DistbpError, RuntimeError):
     """Ranks disagree on something they must share: config hash, parameter count, or (replica
     drift) the parameters themselves. Every rank raises it together."""
 
+    collective = True
 
-class PeerLost(RuntimeError):
+
+class PeerLost(DistbpError, RuntimeError):
     """A peer (a worker, or the server) stopped answering; the message names which."""
 
 
-class ServerStopped(RuntimeError):
+class ServerStopped(DistbpError, RuntimeError):
     """The coordinator ended the job (an error there, or a lost worker); carries its exit code."""
 
     def __init__(self, reason: str, code: int) -> None:
         super().__init__(f"the server stopped the job: {reason}")
         self.code = code
+        self.exit_code = code or 1
 
 
 class Communicator:
@@ -45,6 +51,8 @@ class Communicator:
     size: int = 1
     computes_gradients = True  # False for a parameter server, which only combines them
     replicates_optimizer = True  # False for parameter-server workers: the server owns it
+    collective = True  # every process runs the same collectives (local, MPI); not the parameter server
+    _log_sink: Callable[[str], None] | None = None
 
     @property
     def is_coordinator(self) -> bool:
@@ -57,8 +65,33 @@ class Communicator:
         self.check_same("parameter count", numel, "the ranks built different models")
 
     def log(self, message: str) -> None:
-        """Report something the user should see (the Trainer routes it into the run's log)."""
-        print(message, file=sys.stderr, flush=True)
+        """Report something the user should see: to stderr, or where ``log_to`` says."""
+        if self._log_sink is not None:
+            self._log_sink(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def log_to(self, sink: Callable[[str], None] | None) -> None:
+        """Send what ``log`` reports to ``sink`` (the run's log while a run is open), or
+        back to stderr with None."""
+        self._log_sink = sink
+
+    def broadcast_json(self, value: Any) -> Any:
+        """The coordinator's ``value`` (anything JSON can hold) on every process; a
+        collective of the collective transports."""
+        blob = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8) if self.is_coordinator else None
+        n = self.agree_u64(0 if blob is None else blob.size)
+        buf = np.zeros(n, dtype=np.uint8)
+        if blob is not None:
+            buf[:] = blob
+        self.broadcast_(buf, root=0)
+        return json.loads(buf.tobytes().decode())
+
+    def abort(self, code: int) -> None:
+        """End every process of the job now; where the transport cannot, this process."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     def fail(self, message: str, code: int) -> None:
         """This process is ending the job with an error: tell the peers that need telling."""

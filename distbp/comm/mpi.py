@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from ..errors import EXIT_USAGE, DistbpError
 from .base import Communicator
 
 
@@ -20,6 +21,32 @@ def launched_by_mpi() -> int:
         if value.isdigit():
             return int(value)
     return 1
+
+
+class LaunchError(DistbpError):
+    """Processes were started by a launcher distbp does not run under (torchrun, a Slurm
+    step without PMI): each would train alone. Exit code 2, as for a bad command line."""
+
+    exit_code = EXIT_USAGE
+
+
+def check_launcher() -> None:
+    """Raise LaunchError when the environment says N > 1 processes were started without MPI:
+    torchrun's WORLD_SIZE/RANK, or a Slurm step of several tasks without PMI. Each would
+    otherwise train as its own 1-worker job, all into the same run directory."""
+    if launched_by_mpi() > 1 or any(k in os.environ for k in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")):
+        return
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1 and ("RANK" in os.environ or "LOCAL_RANK" in os.environ):
+        raise LaunchError(f"started by torchrun (or another launcher setting WORLD_SIZE={world}, "
+                          f"RANK={os.environ.get('RANK', '?')}) without MPI, so each of the {world} processes would "
+                          f"train alone; distbp's workers run under MPI: launch `mpirun -n {world} <command>` instead "
+                          f"(or the parameter server: launch/zmq-local {world})")
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if tasks.isdigit() and int(tasks) > 1:
+        raise LaunchError(f"started as one of {tasks} tasks of a Slurm step without MPI (no PMI in the environment), "
+                          f"so each would train alone; run `srun --mpi=pmi2 <command>` (see launch/slurm.sbatch) "
+                          f"or `mpirun -n {tasks} <command>` inside the allocation")
 
 
 def local_world() -> tuple[int, int]:
@@ -105,6 +132,13 @@ class MPICommunicator(Communicator):
 
     def abort(self, code: int) -> None:
         """End every rank of the job now (no rank is left waiting in a collective)."""
+        self.abort_world(code)
+
+    @staticmethod
+    def abort_world(code: int) -> None:
+        """MPI_Abort on COMM_WORLD: every rank ends now, whether or not a communicator exists."""
+        from mpi4py import MPI
+
         sys.stdout.flush()
         sys.stderr.flush()
-        self._comm.Abort(code)
+        MPI.COMM_WORLD.Abort(code)

@@ -86,6 +86,7 @@ class ZMQServer(Communicator):
     """The coordinator of a parameter-server job: computes no gradient itself."""
 
     computes_gradients = False
+    collective = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
@@ -306,6 +307,7 @@ class ZMQWorker(Communicator):
     """A worker of a parameter-server job: computes its slice's gradient, receives parameters."""
 
     replicates_optimizer = False
+    collective = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg

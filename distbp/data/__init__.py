@@ -12,6 +12,7 @@ from .dataset import DataError, Dataset, check_finite
 from .preprocess import KINDS as PREPROCESS_KINDS
 from .preprocess import Preprocessor
 from .sampler import DistributedSampler, slice_bounds, split_indices
+from .source import BatchSource, DataInfo, Subset, as_source, data_info, num_classes
 
 DATASETS = ("digits", "synthetic", "npz", "csv", "idx", "conll")
 SYNTHETIC_KINDS = ("blobs", "spirals", "regression")
@@ -87,6 +88,7 @@ def load_data(cfg: Mapping[str, Any], seed: int, window: int = 2,
     return Splits(train, val, preprocessor)
 
 
-__all__ = ["Dataset", "DataError", "Splits", "load_data", "Preprocessor", "DistributedSampler",
+__all__ = ["Dataset", "DataError", "Splits", "BatchSource", "DataInfo", "Subset", "as_source", "data_info",
+           "num_classes", "load_data", "Preprocessor", "DistributedSampler",
            "split_indices", "slice_bounds", "check_finite", "DATASETS", "SYNTHETIC_KINDS",
            "PREPROCESS_KINDS"]

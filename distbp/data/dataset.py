@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from ..errors import DistbpError
 
 
-class DataError(ValueError):
+class DataError(DistbpError, ValueError):
     """A data file or data set is unusable; the message names the file and, where there is
     one, the line or the sample."""
 
@@ -43,6 +44,10 @@ class Dataset:
     @property
     def num_features(self) -> int:
         return int(np.prod(self.x.shape[1:]))
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of the samples ``indices`` (the protocol of ``distbp.data.source``)."""
+        return self.x[indices], self.y[indices]
 
     def subset(self, index: np.ndarray) -> "Dataset":
         return Dataset(self.name, self.x[index], self.y[index], self.classes, self.vocab, self.source,

@@ -1,4 +1,4 @@
-"""Layers: Linear, the six activations, Dropout, Embedding."""
+"""Layers: Linear, the six activations, Dropout, Embedding, Flatten."""
 
 from __future__ import annotations
 
@@ -143,3 +143,11 @@ class Embedding(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.dim}"
+
+
+class Flatten(Module):
+    """Each sample flattened to one vector: (n, d1, d2, ...) -> (n, d1*d2*...), as
+    torch.nn.Flatten with its default start_dim=1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1)

@@ -31,20 +31,6 @@ class MLP(Sequential):
         super().__init__(*layers)
         self.sizes = sizes
 
-    def forward(self, x: Tensor) -> Tensor:
-        # A Linear followed by an activation runs as one op where it can (Linear.forward_activated):
-        # the pre-activation, which no VJP reads, is then overwritten instead of kept by the graph.
-        layers = list(self._modules.values())
-        i = 0
-        while i < len(layers):
-            if isinstance(layers[i], Linear) and i + 1 < len(layers) and getattr(layers[i + 1], "fused", None):
-                x = layers[i].forward_activated(x, layers[i + 1])
-                i += 2
-            else:
-                x = layers[i](x)
-                i += 1
-        return x
-
 
 class WindowClassifier(Module):
     """The CS224N window model for named-entity recognition. The input is a batch of windows

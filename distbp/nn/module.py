@@ -132,8 +132,18 @@ class Sequential(Module):
             setattr(self, str(i), m)
 
     def forward(self, x: Tensor) -> Tensor:
-        for m in self._modules.values():
-            x = m(x)
+        # A Linear followed by an activation runs as one op where it can (Linear.forward_activated):
+        # the pre-activation, which no VJP reads, is then overwritten instead of kept by the graph.
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if i + 1 < len(layers) and getattr(layers[i + 1], "fused", None) and hasattr(layer, "forward_activated"):
+                x = layer.forward_activated(x, layers[i + 1])
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def __getitem__(self, i: int) -> Module:

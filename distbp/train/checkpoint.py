@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from ..errors import DistbpError
 
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})\.npz$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DistbpError, RuntimeError):
     """A checkpoint is missing, damaged, or from another run; the message says which file and why."""
 
 
@@ -163,3 +164,72 @@ def latest_valid(directory: str | Path, fits: Callable[[Checkpoint], None] | Non
         except CheckpointError as e:
             warnings.append(f"skipping damaged checkpoint: {e}")
     return None, warnings
+
+
+# -- the training checkpoint's layout: known here only --------------------------------------
+# Arrays: "params" (the flat parameter buffer), "optim.<name>" (the optimizer's flat state
+# arrays), "preprocess.<name>" (the preprocessing statistics), "vocab" and "classes" (names,
+# when the data has them). Meta: the step and where in its epoch, the config and its hash,
+# parameter names and shapes (so a file that does not fit the model is caught), the
+# optimizer's scalar state and param groups, the schedule's state.
+
+@dataclass
+class TrainingState:
+    """What a training checkpoint restores."""
+
+    params: np.ndarray
+    optimizer: dict[str, Any]  # a state_dict for Optimizer.load_state_dict
+    scheduler: dict[str, Any]
+    preprocess: dict[str, np.ndarray]
+
+
+def save_training(directory: str | Path, step: int, *, params: np.ndarray, optimizer: dict[str, Any],
+                  scheduler: dict[str, Any], named_shapes: list[tuple[str, tuple[int, ...]]],
+                  preprocess: dict[str, Any], vocab: list[str] | None, classes: list[str] | None,
+                  meta: dict[str, Any], keep: int) -> Path:
+    """Write one training checkpoint (``optimizer`` is ``Optimizer.state_dict()``)."""
+    arrays = {"params": params.copy()}
+    scalars = {}
+    for k, v in optimizer["state"].items():
+        if isinstance(v, np.ndarray):
+            arrays[f"optim.{k}"] = v
+        else:
+            scalars[k] = v
+    for k, v in preprocess.items():
+        arrays[f"preprocess.{k}"] = np.asarray(v)
+    if vocab is not None:
+        arrays["vocab"] = np.array(vocab, dtype=str)
+    if classes is not None:
+        arrays["classes"] = np.array(classes, dtype=str)
+    meta = dict(meta, param_names=[n for n, _ in named_shapes], param_shapes=[list(s) for _, s in named_shapes],
+                optimizer={"scalars": scalars, "param_groups": optimizer["param_groups"]}, scheduler=scheduler)
+    return write_checkpoint(directory, step, arrays, meta, keep)
+
+
+def check_fits(ckpt: Checkpoint, named_shapes: list[tuple[str, tuple[int, ...]]], params: np.ndarray) -> None:
+    """CheckpointError unless the checkpoint's parameters are the model's: names, shapes,
+    count and dtype (a file that verifies but does not fit was damaged or crafted)."""
+    meta = ckpt.meta
+    names = [n for n, _ in named_shapes]
+    shapes = [list(s) for _, s in named_shapes]
+    if meta.get("param_names") != names or meta.get("param_shapes") != shapes:
+        raise CheckpointError(f"{ckpt.path}: its parameters {list(zip(meta.get('param_names', []), meta.get('param_shapes', [])))} "
+                              f"do not match the model's {list(zip(names, shapes))}")
+    saved = ckpt.arrays["params"]
+    if saved.shape != params.shape or saved.dtype != params.dtype:
+        raise CheckpointError(f"{ckpt.path}: params hold {saved.size} {saved.dtype} values; "
+                              f"the model has {params.size} {params.dtype}")
+
+
+def training_state(ckpt: Checkpoint) -> TrainingState:
+    """The parts of a training checkpoint, as the optimizer and schedule load them."""
+    meta = ckpt.meta
+    state = {k[len("optim."):]: v for k, v in ckpt.arrays.items() if k.startswith("optim.")}
+    try:
+        state.update(meta["optimizer"]["scalars"])
+        optimizer = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+        scheduler = meta["scheduler"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt.path}: no optimizer or schedule state ({e})") from None
+    preprocess = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
+    return TrainingState(ckpt.arrays["params"], optimizer, scheduler, preprocess)

@@ -7,22 +7,27 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
+from ..errors import EXIT_USAGE, DistbpError
 
 
-class ConfigError(ValueError):
-    """A bad config file, key, value or command-line override (exit code 2)."""
+class ConfigError(DistbpError, ValueError):
+    """A bad config file, key, value or command-line override (exit code 2); every rank
+    reads the same config, so all raise it together."""
+
+    exit_code, collective = EXIT_USAGE, True
 
 
 @dataclass(frozen=True)
 class Field:
     """One config key: its type, default and allowed values."""
 
-    kind: str  # "int", "float", "bool", "str", "int_list", "float_list", "str_or_int"
+    kind: str  # "int", "float", "bool", "str", "int_list", "size_list", "float_list", "str_or_int", "mapping", "list"
     default: Any
     choices: tuple | None = None
     min: float | None = None
@@ -31,27 +36,37 @@ class Field:
     max_open: bool = False  # max is exclusive
     nullable: bool = False
     length: int | None = None  # exact length of a list
+    factory: bool = False  # a "pkg.module:function" import path is allowed besides the choices
 
+
+AUTO = "auto"
+# "pkg.module:function", the form of model.factory, data.factory and a model.loss of your own.
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "softsign")
 
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", 0, min=0),
     "model": {
-        "type": Field("str", "mlp", choices=("mlp", "window")),
-        "sizes": Field("int_list", [64, 256, 10], min=1),
+        "type": Field("str", "mlp", choices=("mlp", "window", "sequential", "custom")),
+        "sizes": Field("size_list", [64, 256, 10], min=1),
+        "layers": Field("list", None, nullable=True),
+        "factory": Field("str", None, nullable=True),
+        "options": Field("mapping", {}),
         "activation": Field("str", "relu", choices=ACTIVATIONS),
         "output_activation": Field("str", "none", choices=("none", "sigmoid")),
         "dropout": Field("float", 0.0, min=0.0, max=1.0, max_open=True),
         "init": Field("str", "xavier_uniform", choices=("xavier_uniform", "xavier_normal", "kaiming_normal")),
-        "loss": Field("str", "cross_entropy", choices=("cross_entropy", "multi_margin", "mse")),
+        "loss": Field("str", "cross_entropy", choices=("cross_entropy", "multi_margin", "mse"), factory=True),
         "margin": Field("float", 1.0, min=0.0, min_open=True),
         "embed_dim": Field("int", 50, min=1),
         "window": Field("int", 2, min=0),
         "hidden": Field("int", 100, min=1),
     },
     "data": {
-        "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll")),
+        "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll", "custom")),
+        "factory": Field("str", None, nullable=True),
+        "options": Field("mapping", {}),
         "path": Field("str", None, nullable=True),
         "labels": Field("str", None, nullable=True),
         "label": Field("str_or_int", None, nullable=True),
@@ -81,7 +96,9 @@ SCHEMA: dict[str, Any] = {
         "lr": Field("float", 0.001, min=0.0, min_open=True),
         "weight_decay": Field("float", 0.0, min=0.0),
         "decay_biases": Field("bool", False),
-        "momentum": Field("float", 0.9, min=0.0, max=1.0, max_open=True),
+        # None: torch.optim.SGD's 0 for sgd, 0.9 for the "momentum" variant (see resolve).
+        "momentum": Field("float", None, min=0.0, max=1.0, max_open=True, nullable=True),
+        "dampening": Field("float", 0.0, min=0.0, max=1.0),
         "nesterov": Field("bool", False),
         "betas": Field("float_list", [0.9, 0.999], min=0.0, max=1.0, max_open=True, length=2),
         "eps": Field("float", None, min=0.0, nullable=True),
@@ -192,20 +209,34 @@ def _check_value(path: str, f: Field, value: Any) -> Any:
     elif f.kind == "str_or_int":
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ConfigError(f"{path}: expected a column name or index, got {value!r}")
-    elif f.kind in ("int_list", "float_list"):
+    elif f.kind in ("int_list", "size_list", "float_list"):
         if not isinstance(value, (list, tuple)) or not value:
             raise ConfigError(f"{path}: expected a non-empty list, got {value!r}")
         if f.length is not None and len(value) != f.length:
             raise ConfigError(f"{path}: expected a list of {f.length} values, got {len(value)}")
-        item_kind = f.kind.split("_")[0]
-        value = [_check_number(f"{path}[{i}]", f, v, item_kind) for i, v in enumerate(value)]
+        item_kind = "int" if f.kind == "size_list" else f.kind.split("_")[0]
+        # A size written `auto` is taken from the data (features in, classes out).
+        value = [v if f.kind == "size_list" and v == AUTO else _check_number(f"{path}[{i}]", f, v, item_kind)
+                 for i, v in enumerate(value)]
+    elif f.kind == "mapping":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}: expected a mapping of keyword arguments, got {value!r}")
+        value = copy.deepcopy(value)
+    elif f.kind == "list":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{path}: expected a non-empty list, got {value!r}")
+        value = copy.deepcopy(value)
+    if f.factory and isinstance(value, str) and IMPORT_PATH.match(value):
+        return value
     if f.choices is not None and value not in f.choices:
-        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, f.choices))}"
+        also = " or a function of your own as pkg.module:function" if f.factory else ""
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, f.choices))}{also}"
                           + _suggest(value, f.choices))
     return value
 
 
-def _merge(schema: dict[str, Any], raw: Any, out: dict[str, Any], prefix: str, errors: list[str]) -> None:
+def _merge(schema: dict[str, Any], raw: Any, out: dict[str, Any], prefix: str, errors: list[str],
+           given: set[str] | None = None) -> None:
     if not isinstance(raw, dict):
         errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
         return
@@ -217,11 +248,139 @@ def _merge(schema: dict[str, Any], raw: Any, out: dict[str, Any], prefix: str, e
         spec = schema[key]
         try:
             if isinstance(spec, dict):
-                _merge(spec, value, out[key], path + ".", errors)
+                _merge(spec, value, out[key], path + ".", errors, given)
             else:
-                out[key] = _check_value(path, spec, value)
+                value = _check_value(path, spec, value)
+                # Keyword arguments merge, so --set model.options.width=32 adds one.
+                out[key] = {**out[key], **value} if spec.kind == "mapping" and out[key] else value
+                if given is not None:
+                    given.add(path)
         except ConfigError as e:
             errors.append(str(e))
+
+
+@dataclass(frozen=True)
+class Applies:
+    """``keys`` take effect only when ``when(cfg)`` holds: for the variant ``variant(cfg)``
+    names, they do nothing. Setting one there to a value other than its default is refused
+    (naming the key and the variant), and config.yaml and the config hash leave it out."""
+
+    keys: tuple[str, ...]
+    when: Callable[[dict[str, Any]], bool]
+    variant: Callable[[dict[str, Any]], str]
+    needs: str
+
+
+def _is(path: str, *values: Any) -> Callable[[dict[str, Any]], bool]:
+    section, key = path.split(".")
+    return lambda cfg: cfg[section][key] in values
+
+
+def _named(path: str) -> Callable[[dict[str, Any]], str]:
+    section, key = path.split(".")
+    return lambda cfg: f"{path}: {cfg[section][key]}"
+
+
+def _schedules(cfg: dict[str, Any]) -> set[str]:
+    s = cfg["schedule"]
+    return {s["name"], s["after"]} if s["name"] == "warmup" else {s["name"]}
+
+
+_SCHEDULE = lambda cfg: "schedule.name: " + " then ".join(  # noqa: E731
+    [cfg["schedule"]["name"]] + ([cfg["schedule"]["after"]] if cfg["schedule"]["name"] == "warmup" else []))
+_FILES = ("npz", "csv", "idx", "conll")
+
+APPLIES: tuple[Applies, ...] = (
+    Applies(("model.sizes", "model.output_activation", "model.dropout"), _is("model.type", "mlp"),
+            _named("model.type"), "model.type: mlp"),
+    Applies(("model.activation", "model.init"), _is("model.type", "mlp", "window", "sequential"),
+            _named("model.type"), "a built-in model.type"),
+    Applies(("model.embed_dim", "model.hidden"), _is("model.type", "window"), _named("model.type"),
+            "model.type: window"),
+    Applies(("model.window",), lambda c: c["model"]["type"] == "window" or c["data"]["name"] == "conll",
+            lambda c: f"model.type: {c['model']['type']} on data.name: {c['data']['name']}",
+            "the window model or CoNLL data"),
+    Applies(("model.layers",), _is("model.type", "sequential"), _named("model.type"), "model.type: sequential"),
+    Applies(("model.factory", "model.options"), _is("model.type", "custom"), _named("model.type"),
+            "model.type: custom"),
+    Applies(("model.margin",), _is("model.loss", "multi_margin"), _named("model.loss"), "model.loss: multi_margin"),
+    Applies(("data.path",), _is("data.name", *_FILES), _named("data.name"), "a data set read from a file"),
+    Applies(("data.labels",), _is("data.name", "idx"), _named("data.name"), "data.name: idx"),
+    Applies(("data.label",), _is("data.name", "csv"), _named("data.name"), "data.name: csv"),
+    Applies(("data.x_key", "data.y_key"), _is("data.name", "npz"), _named("data.name"), "data.name: npz"),
+    Applies(("data.task",), _is("data.name", "npz", "csv"), _named("data.name"), "data.name: npz or csv"),
+    Applies(("data.kind", "data.samples", "data.classes", "data.noise"), _is("data.name", "synthetic"),
+            _named("data.name"), "data.name: synthetic"),
+    Applies(("data.features",), lambda c: c["data"]["name"] == "synthetic" and c["data"]["kind"] != "spirals",
+            lambda c: f"data.name: {c['data']['name']}, data.kind: {c['data']['kind']}",
+            "synthetic blobs or regression"),
+    Applies(("data.preprocess",), lambda c: c["data"]["name"] not in ("conll", "custom"), _named("data.name"),
+            "numeric features loaded by distbp"),
+    Applies(("data.whiten_eps",), _is("data.preprocess", "whiten"), _named("data.preprocess"),
+            "data.preprocess: whiten"),
+    Applies(("data.min_count",), _is("data.name", "conll"), _named("data.name"), "data.name: conll"),
+    Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
+    Applies(("optimizer.momentum", "optimizer.dampening", "optimizer.nesterov"),
+            _is("optimizer.name", "sgd", "momentum"), _named("optimizer.name"), "optimizer.name: sgd or momentum"),
+    Applies(("optimizer.betas",), _is("optimizer.name", "adam", "adamw"), _named("optimizer.name"),
+            "optimizer.name: adam or adamw"),
+    Applies(("optimizer.eps",), _is("optimizer.name", "adagrad", "rmsprop", "adam", "adamw"),
+            _named("optimizer.name"), "an adaptive optimizer"),
+    Applies(("optimizer.alpha",), _is("optimizer.name", "rmsprop"), _named("optimizer.name"),
+            "optimizer.name: rmsprop"),
+    Applies(("schedule.step_size", "schedule.gamma"), lambda c: "step" in _schedules(c), _SCHEDULE,
+            "the step schedule"),
+    Applies(("schedule.tau",), lambda c: "annealing" in _schedules(c), _SCHEDULE, "the annealing schedule"),
+    Applies(("schedule.t_max", "schedule.eta_min"), lambda c: "cosine" in _schedules(c), _SCHEDULE,
+            "the cosine schedule"),
+    Applies(("schedule.warmup_steps", "schedule.after"), _is("schedule.name", "warmup"), _named("schedule.name"),
+            "schedule.name: warmup"),
+    Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.heartbeat_s", "comm.timeout_s",
+             "comm.join_timeout_s", "comm.curve"), _is("comm.backend", "zmq"), _named("comm.backend"),
+            "comm.backend: zmq"),
+    Applies(("comm.overlap", "comm.bucket_mb"), _is("comm.backend", "auto", "mpi"), _named("comm.backend"),
+            "comm.backend: mpi (or auto under mpirun)"),
+)
+
+
+def inapplicable(cfg: dict[str, Any]) -> set[str]:
+    """The dotted keys that take no effect in ``cfg`` (see ``APPLIES``)."""
+    return {k for rule in APPLIES if not rule.when(cfg) for k in rule.keys}
+
+
+def _field(path: str) -> Field:
+    node: Any = SCHEMA
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _get(cfg: dict[str, Any], path: str) -> Any:
+    section, _, key = path.partition(".")
+    return cfg[section][key] if key else cfg[section]
+
+
+def _applicability(cfg: dict[str, Any], given: set[str]) -> list[str]:
+    errors = []
+    for rule in APPLIES:
+        if rule.when(cfg):
+            continue
+        for key in rule.keys:
+            if key in given and _get(cfg, key) != _field(key).default:
+                errors.append(f"{key}: has no effect with {rule.variant(cfg)}; it applies to {rule.needs} "
+                              "(remove the key, or choose that variant)")
+    return errors
+
+
+def _fill_variant_defaults(cfg: dict[str, Any]) -> list[str]:
+    """Defaults that depend on the variant, and torch's rules across keys."""
+    o = cfg["optimizer"]
+    if o["name"] in ("sgd", "momentum") and o["momentum"] is None:
+        o["momentum"] = 0.9 if o["name"] == "momentum" else 0.0  # torch.optim.SGD's default is 0
+    if o["name"] in ("sgd", "momentum") and o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
+        return [f"optimizer.nesterov: Nesterov momentum needs optimizer.momentum > 0 and optimizer.dampening 0 "
+                f"(as torch.optim.SGD), got momentum {o['momentum']} and dampening {o['dampening']}"]
+    return []
 
 
 def _cross_checks(cfg: dict[str, Any]) -> list[str]:
@@ -236,24 +395,33 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
         errors.append(f"data.labels: no such file: {data['labels']}")
     if data["name"] == "idx" and not data["labels"]:
         errors.append("data.labels: the idx data set needs the path of its label file")
-    if (model["type"] == "window") != (data["name"] == "conll"):
+    if (model["type"] == "window" and data["name"] != "conll") or (model["type"] == "mlp" and data["name"] == "conll"):
         errors.append(f"model.type: {model['type']!r} does not fit data.name {data['name']!r}; "
-                      "the window model reads CoNLL text and only it does")
+                      "the window model reads CoNLL text, and an MLP reads numeric features")
     if len(model["sizes"]) < 2 and model["type"] == "mlp":
         errors.append(f"model.sizes: an MLP needs at least an input and an output size, got {model['sizes']}")
-    regression = data["task"] == "regression" or (data["name"] == "synthetic" and data["kind"] == "regression")
-    if regression and model["loss"] != "mse":
+    for section, kind, key in (("model", "custom", "factory"), ("data", "custom", "factory"),
+                               ("model", "sequential", "layers")):
+        node = cfg[section]
+        if node["name" if section == "data" else "type"] == kind and not node[key]:
+            what = "pkg.module:function" if key == "factory" else "a list of layers"
+            errors.append(f"{section}.{key}: {section}.{'name' if section == 'data' else 'type'} {kind} needs {what}")
+    regression = (data["name"] in ("npz", "csv") and data["task"] == "regression") or \
+        (data["name"] == "synthetic" and data["kind"] == "regression")
+    if regression and model["loss"] in ("cross_entropy", "multi_margin"):
         errors.append(f"model.loss: {model['loss']!r} needs class labels; a regression task uses mse")
     return errors
 
 
 def resolve(raw: dict[str, Any] | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Defaults, then ``raw`` (a parsed YAML mapping), then ``key.path=value`` overrides
-    (values parsed as YAML). Every problem is collected and raised as one ConfigError."""
+    (values parsed as YAML). Every problem is collected and raised as one ConfigError,
+    including a key set to a value that has no effect for the chosen variant (``APPLIES``)."""
     cfg = defaults()
     errors: list[str] = []
+    given: set[str] = set()
     if raw is not None:
-        _merge(SCHEMA, raw, cfg, "", errors)
+        _merge(SCHEMA, raw, cfg, "", errors, given)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -267,9 +435,9 @@ def resolve(raw: dict[str, Any] | None = None, overrides: Iterable[str] = ()) ->
         nested: Any = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
-        _merge(SCHEMA, nested, cfg, "", errors)
+        _merge(SCHEMA, nested, cfg, "", errors, given)
     if not errors:
-        errors = _cross_checks(cfg)
+        errors = _fill_variant_defaults(cfg) + _applicability(cfg, given) + _cross_checks(cfg)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
@@ -293,23 +461,36 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return resolve(raw, overrides)
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
+def effective(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the keys that take no effect in it (what config.yaml records)."""
+    out = copy.deepcopy(cfg)
+    for path in inapplicable(cfg):
+        section, key = path.split(".")
+        out[section].pop(key, None)
+    return out
+
+
+def config_hash(cfg: dict[str, Any], extra: Any = None) -> str:
     """A short hash of everything that changes the numbers a run computes (not run_dir,
-    checkpoint or logging cadence, nor epochs/max_steps: a resumed run may extend them)."""
-    semantic = copy.deepcopy(cfg)
+    checkpoint or logging cadence, nor epochs/max_steps: a resumed run may extend them; nor
+    keys that take no effect). ``extra`` (JSON) stands for what the config does not describe,
+    such as a model passed to the Trainer as an object."""
+    semantic = effective(cfg)
     for path in _HASH_EXCLUDED:
         node, *rest = path.split(".")
         if rest:
             semantic.get(node, {}).pop(rest[0], None)
         else:
             semantic.pop(node, None)
+    if extra is not None:
+        semantic["__objects__"] = extra
     blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def dump(cfg: dict[str, Any]) -> str:
-    """The resolved config as YAML, keys in schema order."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    """The resolved config as YAML, keys in schema order, only the keys that take effect."""
+    return yaml.safe_dump(effective(cfg), sort_keys=False, default_flow_style=False)
 
 
 def semantic_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,7 +1,10 @@
 """The training loop. One code path for one process and for N workers: each worker runs the
 forward and backward pass on its slice of every global batch, the Communicator sums the
 gradients, and every replica applies the same optimizer step. The coordinator (rank 0)
-logs, evaluates and writes checkpoints."""
+logs, evaluates and writes checkpoints.
+
+What it trains is built from the config, or passed in as objects (``Trainer(model=...,
+loss_fn=..., train_data=...)``); either way the same invariants hold (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -10,34 +13,43 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 
 from .. import __version__, nn
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import Communicator, PeerLost, get_communicator, local_world, pin_blas_threads
-from ..data import DistributedSampler, Preprocessor, Splits, load_data
-from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler
-from .checkpoint import (Checkpoint, CheckpointError, checkpoint_name, latest_valid, list_checkpoints,
-                         read_checkpoint, write_checkpoint)
-from .config import config_hash, dump, semantic_diff
+from ..comm import Communicator, PeerLost, get_communicator, install_abort_hook, local_world, pin_blas_threads
+from ..data import (BatchSource, DataInfo, DistributedSampler, Preprocessor, Subset, as_source, data_info,
+                    load_data, num_classes, split_indices)
+from ..errors import DistbpError
+from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler, per_sample_loss
+from .checkpoint import (Checkpoint, CheckpointError, check_fits, checkpoint_name, latest_valid, list_checkpoints,
+                         read_checkpoint, save_training, training_state)
+from .config import ConfigError, config_hash, defaults, dump, load_config, resolve, semantic_diff
+from .factory import call_factory, import_object
 from .metrics import MetricsFile, RunLog
 
 EVAL_BATCH = 1024
+Metric = Callable[[np.ndarray, np.ndarray], float]
+_RESERVED = {"step", "epoch", "loss", "lr", "samples_per_s", "val_loss", "val_accuracy", "world_size"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DistbpError, RuntimeError):
     """The run cannot go on (a non-finite loss or gradient, ...); the message says where."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written."""
+class Interrupted(DistbpError):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last finished step was written. Every
+    rank stops after the same step, so all raise it together."""
+
+    collective = True
 
     def __init__(self, signum: int, step: int, path: Path | None) -> None:
         self.signum, self.step, self.path = signum, step, path
+        self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         where = f"; checkpoint {path}" if path else ""
         super().__init__(f"stopped by {name} after step {step}{where}; continue with --resume auto")
@@ -45,56 +57,319 @@ class Interrupted(Exception):
 
 @dataclass
 class RunResult:
-    """How a finished run ended."""
+    """How a finished run ended; ``metrics`` is what ``fit()`` returns."""
 
     step: int
     val_loss: float | None
     val_accuracy: float | None
     checkpoint: Path | None
     seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    train: BatchSource
+    val: BatchSource | None
+    info: DataInfo
+    preprocessor: Preprocessor
+    vocab: list[str] | None
+    classes: list[str] | None
 
 
 @dataclass
 class _Run:
-    """What ``Trainer._setup`` builds for the loop."""
+    """What the set-up builds and the loop advances."""
 
-    splits: Splits
+    data: _Data
     model: nn.Module
     loss_fn: LossFn
     opt: Any
     sched: Any
     sampler: DistributedSampler
     total: int
-    start: int
+    step: int
     checkpoint: Path | None
     log: RunLog | None
     metrics: MetricsFile | None
+    dropouts: list[nn.Dropout]
+    loss: float | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    log_time: float = 0.0
+    samples_since_log: int = 0
 
 
-def _same_preprocessing(ckpt: Checkpoint, pre: Preprocessor) -> bool:
-    saved = {k[len("preprocess."):]: v for k, v in ckpt.arrays.items() if k.startswith("preprocess.")}
+def as_input(x: np.ndarray, dtype: np.dtype) -> Any:
+    """A batch as the model takes it: integer ids as they are (embeddings look them up),
+    features as a Tensor of the parameters' dtype."""
+    x = np.asarray(x)
+    return x if x.dtype.kind in "iu" else Tensor._wrap(x.astype(dtype, copy=False))
+
+
+def is_classification(val: BatchSource, y: np.ndarray, out: Tensor) -> bool:
+    return num_classes(val) is not None or (y.dtype.kind in "iu" and y.ndim == 1 and out.ndim == 2 and out.shape[1] > 1)
+
+
+@no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, val: BatchSource, metrics: Mapping[str, Metric] | None = None,
+             dtype: Any = np.float32) -> dict[str, Any]:
+    """Mean validation loss, accuracy for classification, and each of ``metrics`` on all of
+    ``val`` (read EVAL_BATCH samples at a time, dropout off)."""
+    model.eval()
+    n = len(val)
+    total_loss, correct, classify = 0.0, 0, False
+    outputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    try:
+        for lo in range(0, n, EVAL_BATCH):
+            x, y = val.batch(np.arange(lo, min(lo + EVAL_BATCH, n)))
+            y = np.asarray(y)
+            out = model(as_input(x, dtype))
+            total_loss += loss_fn(out, y, 1.0).item()
+            classify = is_classification(val, y, out)
+            if classify:
+                correct += int((out.data.argmax(axis=1) == y).sum())
+            if metrics:
+                outputs.append(out.data.copy())
+                targets.append(y)
+    finally:
+        model.train()
+    record: dict[str, Any] = {"val_loss": total_loss / n, "val_accuracy": correct / n if classify else None}
+    for name, fn in (metrics or {}).items():
+        try:
+            record[name] = float(fn(np.concatenate(outputs), np.concatenate(targets)))
+        except Exception as e:
+            raise TrainingError(f"metric {name!r} raised {type(e).__name__}: {e}") from None
+    return record
+
+
+def _same_preprocessing(saved: dict[str, np.ndarray], pre: Preprocessor) -> bool:
     return all(np.array_equal(np.asarray(v), saved.get(k)) for k, v in pre.state().items())
 
 
+def _qualname(obj: Any) -> str:
+    kind = obj if isinstance(obj, type) or callable(obj) and not isinstance(obj, nn.Module) else type(obj)
+    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', type(obj).__name__)}"
+
+
 class Trainer:
-    """Train the model a resolved config describes.
+    """Train a model on data, with checkpoints, resume, signals and any number of workers.
+
+    ``config`` is a dict (a partial config is completed with the defaults), the path of a
+    YAML file, or None for the defaults. An object passed in replaces what the config
+    would build:
+
+    * ``model``: an ``nn.Module`` (its parameters are trained in place);
+    * ``loss_fn(output, target)``: one loss per sample, like torch's ``reduction='none'``;
+      the Trainer takes the mean over the global batch (a scalar is refused);
+    * ``train_data``, ``val_data``: a ``distbp.data.Dataset``, an ``(x, y)`` pair of arrays,
+      or any object with ``__len__`` and ``batch(indices) -> (x, y)`` (data larger than
+      memory, such as a ``np.memmap``). Data you pass is used as it is: no preprocessing,
+      no split; without ``val_data`` nothing is evaluated;
+    * ``metrics``: name -> ``fn(outputs, targets) -> float``, evaluated on validation and
+      logged under those names.
 
     ``resume`` is "auto" (continue from the newest checkpoint in the run directory that
     verifies, else start fresh), "never" (start fresh; refuses a run directory that already
-    holds checkpoints, so nothing is overwritten), or a checkpoint path.
+    holds checkpoints, so nothing is overwritten), or a checkpoint path. ``fit()`` trains
+    and returns the final metrics; under mpirun every rank gets the same dict.
     """
 
-    def __init__(self, cfg: dict[str, Any], run_dir: str | Path | None = None, resume: str = "auto",
-                 comm: Communicator | None = None, stream: IO[str] | None = None) -> None:
+    def __init__(self, config: Mapping[str, Any] | str | Path | None = None, *, model: nn.Module | None = None,
+                 loss_fn: Callable[[Tensor, np.ndarray], Tensor] | None = None, train_data: Any = None,
+                 val_data: Any = None, metrics: Mapping[str, Metric] | None = None,
+                 run_dir: str | Path | None = None, resume: str = "auto", comm: Communicator | None = None,
+                 stream: IO[str] | None = None) -> None:
+        cfg = defaults() if config is None else load_config(config) if isinstance(config, (str, Path)) \
+            else resolve(dict(config))
+        self._check_objects(model, loss_fn, train_data, val_data, metrics)
+        self.model, self.loss_fn, self.metrics = model, loss_fn, dict(metrics or {})
+        self.train_data, self.val_data = train_data, val_data
         self.run_dir = Path(run_dir if run_dir is not None else cfg["run_dir"])
         self.cfg = dict(cfg, run_dir=str(self.run_dir))  # config.yaml records where it really ran
         self.resume = resume
         self.comm = comm if comm is not None else get_communicator(cfg["comm"])
+        if self.comm.collective and self.comm.size > 1:
+            install_abort_hook(self.comm)  # an uncaught error on one rank must not leave the others waiting
         self.stream = stream
         self.hash = config_hash(cfg)
         self._signal: int | None = None
+        self._warnings: list[str] = []
+
+    @staticmethod
+    def _check_objects(model: Any, loss_fn: Any, train_data: Any, val_data: Any, metrics: Any) -> None:
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"Trainer(model=...): expected an nn.Module, got {type(model).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"Trainer(loss_fn=...): expected a function loss_fn(output, target), "
+                            f"got {type(loss_fn).__name__}")
+        if val_data is not None and train_data is None:
+            raise TypeError("Trainer(val_data=...): pass train_data too; the config's data set has its own split")
+        if metrics is not None:
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"Trainer(metrics=...): expected a dict of name -> fn(outputs, targets), "
+                                f"got {type(metrics).__name__}")
+            for name, fn in metrics.items():
+                if not isinstance(name, str) or name in _RESERVED or not callable(fn):
+                    raise TypeError(f"Trainer(metrics=...): {name!r} must be a name other than "
+                                    f"{', '.join(sorted(_RESERVED))}, mapped to a function fn(outputs, targets)")
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (epochs or max_steps); the final metrics: step, loss, val_loss,
+        val_accuracy (classification) and your own metrics."""
+        return self.run().metrics
+
+    def run(self) -> RunResult:
+        """``fit()``, returning how the run ended as a RunResult."""
+        t_start = time.perf_counter()
+        try:
+            result = self._loop(self._setup())
+            result.metrics = self._share(result.metrics)
+        except BaseException as e:
+            code = getattr(e, "exit_code", 1)
+            self.comm.fail(str(e) or type(e).__name__, code)
+            raise
+        finally:
+            self.comm.close()
+        result.seconds = time.perf_counter() - t_start
+        if self.comm.is_coordinator:
+            summary = {"step": result.step, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy,
+                       "seconds": round(result.seconds, 3)}
+            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
+        return result
+
+    def _share(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        # Only the coordinator evaluates; the replicas of a collective transport get its figures.
+        if self.comm.collective and self.comm.size > 1:
+            return self.comm.broadcast_json(metrics if self.comm.is_coordinator else None)
+        return metrics
 
     # -- set-up ---------------------------------------------------------------------------
+    def _setup(self) -> _Run:
+        """Data, model, optimizer and schedule, restored from a checkpoint when resuming, with
+        the ranks' agreement checked; the coordinator opens the run directory."""
+        cfg, comm, tc = self.cfg, self.comm, self.cfg["train"]
+        threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0])
+        data = self._data()
+        model, loss_fn = self._model(data.info), self._loss(data.info)
+        opt = build_optimizer(cfg, model)
+        self._check_model(model, loss_fn, data)
+        self.hash = config_hash(cfg, self._objects_signature(model, data))
+        # Agree on config and model before anything is written; a parameter server assigns
+        # this worker's rank here, which fixes its slice of every batch.
+        comm.handshake(self.hash, opt.flat.numel)
+        processes = comm.processes()
+        ckpt, start = self._resume_checkpoint(model, opt.flat)
+        sampler = DistributedSampler(len(data.train), tc["global_batch"], cfg["seed"], comm.rank, comm.size)
+        total = tc["epochs"] * sampler.steps_per_epoch
+        if tc["max_steps"] is not None:
+            total = min(total, tc["max_steps"])
+        self._total = total
+        sched = build_scheduler(cfg, opt, total)
+        if ckpt is not None:
+            self._restore(ckpt, model, opt, sched, data.preprocessor)
+        elif start:  # a parameter-server worker: the schedule follows the server's step
+            sched.load_state_dict(dict(sched.state_dict(), t=start))
+        if cfg["comm"]["overlap"] and comm.size > 1:
+            opt.flat.on_grad_ready = comm.overlap(opt.flat.grad, opt.flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
+        # Every replica starts from the coordinator's parameters and optimizer state (as DDP
+        # does at construction), whatever each read from disk or drew at random.
+        comm.broadcast_(opt.flat.data, root=0)
+        comm.broadcast_state_([v for _, v in sorted(opt.state.items()) if isinstance(v, np.ndarray)])
+        dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        run = _Run(data, model, loss_fn, opt, sched, sampler, total, start, ckpt.path if ckpt else None,
+                   None, None, dropouts)
+        if comm.is_coordinator:
+            self._open_run_dir(run, ckpt is not None, threads, processes)
+        return run
+
+    def _data(self) -> _Data:
+        """The training and validation data: passed in, from a data factory, or the config's."""
+        cfg = self.cfg
+        if self.train_data is not None:
+            train = as_source(self.train_data, "Trainer(train_data=...)")
+            val = None if self.val_data is None else as_source(self.val_data, "Trainer(val_data=...)")
+            return self._wrap_sources(train, val)
+        if cfg["data"]["name"] == "custom":
+            return self._factory_data()
+        splits = load_data(cfg["data"], cfg["seed"], cfg["model"]["window"])
+        val = splits.val if len(splits.val) else None
+        return _Data(splits.train, val, data_info(splits.train), splits.preprocessor, splits.train.vocab,
+                     splits.train.classes)
+
+    def _factory_data(self) -> _Data:
+        d = self.cfg["data"]
+        spec = d["factory"]
+        made = call_factory(import_object(spec, "data.factory"), spec, "data.factory", **d["options"])
+        pair = isinstance(made, tuple) and len(made) == 2
+        if pair and not all(hasattr(a, "shape") for a in made):  # (train, val), not (x, y)
+            return self._wrap_sources(as_source(made[0], f"data.factory: {spec}'s train data"),
+                                      as_source(made[1], f"data.factory: {spec}'s validation data"))
+        try:
+            train = as_source(made, f"data.factory: {spec}")
+        except DistbpError as e:
+            raise ConfigError(f"{e}; return the training data, or a (train, validation) pair") from None
+        train_idx, val_idx = split_indices(len(train), d["val_fraction"], self.cfg["seed"])
+        return self._wrap_sources(Subset(train, train_idx), Subset(train, val_idx) if len(val_idx) else None)
+
+    @staticmethod
+    def _wrap_sources(train: BatchSource, val: BatchSource | None) -> _Data:
+        vocab = getattr(train, "vocab", None)
+        classes = getattr(train, "classes", None)
+        return _Data(train, val, data_info(train), Preprocessor("none"), vocab,
+                     list(classes) if isinstance(classes, (list, tuple)) else None)
+
+    def _model(self, info: DataInfo) -> nn.Module:
+        return self.model if self.model is not None else build_model(self.cfg, info)
+
+    def _loss(self, info: DataInfo) -> LossFn:
+        if self.loss_fn is not None:
+            return per_sample_loss(self.loss_fn, "Trainer(loss_fn=...)")
+        return build_loss(self.cfg, info.targets)
+
+    def _check_model(self, model: nn.Module, loss_fn: LossFn, data: _Data) -> None:
+        """Run two samples through model and loss before anything is written, so that a model
+        of the wrong shape for the data, or a loss that is not per sample, fails at once with
+        the key (or argument) that chose it."""
+        m = self.cfg["model"]
+        where = ("Trainer(model=...)" if self.model is not None else
+                 f"model.factory: {m['factory']}" if m["type"] == "custom" else f"model.type: {m['type']}")
+        x, y = data.train.batch(np.arange(min(2, len(data.train))))
+        dtype = next(model.parameters()).dtype
+        with no_grad():
+            model.eval()
+            try:
+                out = model(as_input(x, dtype))
+            except DistbpError as e:
+                raise ConfigError(f"{where}: the model does not take this data's input (shape {np.shape(x)[1:]} "
+                                  f"per sample): {e}") from None
+            finally:
+                model.train()
+            if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] != len(x):
+                shape = getattr(out, "shape", type(out).__name__)
+                raise ConfigError(f"{where}: the model's output for a batch of {len(x)} is {shape}; "
+                                  "expected a Tensor with one row per sample")
+            builtin = self.loss_fn is None and m["loss"] in ("cross_entropy", "multi_margin", "mse")
+            classes = data.info.classes
+            if builtin and m["loss"] != "multi_margin" and (out.ndim != 2 or out.shape[1] != data.info.targets) \
+                    and classes != 1:
+                what = f"{classes} classes" if classes is not None else f"{data.info.targets} target columns"
+                raise ConfigError(f"{where}: the model's output has shape {out.shape} for a batch of {len(x)}, "
+                                  f"but the data has {what}; model.loss {m['loss']} needs "
+                                  f"({len(x)}, {data.info.targets})")
+            loss_fn(out, np.asarray(y), 1.0)
+
+    def _objects_signature(self, model: nn.Module, data: _Data) -> Any:
+        """What the config hash must also cover when objects replace what the config builds,
+        so that another model or data set in the same run directory is not resumed."""
+        if self.model is None and self.loss_fn is None and self.train_data is None:
+            return None
+        return {"model": None if self.model is None else
+                [_qualname(model)] + [[n, list(p.shape)] for n, p in model.named_parameters()],
+                "loss": None if self.loss_fn is None else _qualname(self.loss_fn),
+                "data": None if self.train_data is None else [len(data.train), len(data.val or [])]}
+
     def _resume_checkpoint(self, model: nn.Module, flat: Any) -> tuple[Checkpoint | None, int]:
         """The checkpoint to continue from (None to start fresh) and its step, agreed by all.
 
@@ -103,6 +378,7 @@ class Trainer:
         cluster file system); parameter-server workers only need the step, since the server
         sends them the parameters."""
         comm, ckpt_dir = self.comm, self.run_dir / "checkpoints"
+        named = [(n, p.shape) for n, p in model.named_parameters()]
         ckpt = None
         if comm.is_coordinator:
             if self.resume == "never":
@@ -115,7 +391,7 @@ class Trainer:
                     # Another config's checkpoint is not skipped but refused (below): skipping
                     # it would quietly start afresh in a directory of another run.
                     if c.meta.get("config_hash") == self.hash:
-                        self._check_fits(c, model, flat)
+                        check_fits(c, named, flat.data)
 
                 ckpt, self._warnings = latest_valid(ckpt_dir, fits)
             else:
@@ -131,202 +407,137 @@ class Trainer:
         if ckpt is not None and ckpt.meta.get("config_hash") != self.hash:
             diff = semantic_diff(ckpt.meta.get("config", {}), self.cfg)
             raise CheckpointError(f"{ckpt.path} was written by another config (hash {ckpt.meta.get('config_hash')}, "
-                                  f"this run {self.hash}): " + ("; ".join(diff) or "unknown differences")
+                                  f"this run {self.hash}): " + ("; ".join(diff) or "another model or data set")
                                   + "; resume with the config that wrote it, or train into another --run-dir")
 
-    @staticmethod
-    def _check_fits(ckpt: Checkpoint, model: nn.Module, flat: Any) -> None:
-        """CheckpointError unless the checkpoint's parameters are the model's, name, shape and
-        count (a file that verifies but does not fit was damaged or crafted)."""
-        meta = ckpt.meta
-        names = [n for n, _ in model.named_parameters()]
-        shapes = [list(p.shape) for _, p in model.named_parameters()]
-        if meta.get("param_names") != names or meta.get("param_shapes") != shapes:
-            raise CheckpointError(f"{ckpt.path}: its parameters {list(zip(meta.get('param_names', []), meta.get('param_shapes', [])))} "
-                                  f"do not match the model's {list(zip(names, shapes))}")
-        params = ckpt.arrays["params"]
-        if params.shape != flat.data.shape or params.dtype != flat.data.dtype:
-            raise CheckpointError(f"{ckpt.path}: params hold {params.size} {params.dtype} values; "
-                                  f"the model has {flat.numel} {flat.data.dtype}")
-
-    def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any) -> None:
-        meta = ckpt.meta
-        self._check_fits(ckpt, model, opt.flat)
-        opt.flat.data[...] = ckpt.arrays["params"]
-        state = {k[len("optim."):]: v for k, v in ckpt.arrays.items() if k.startswith("optim.")}
-        state.update(meta["optimizer"]["scalars"])
+    def _restore(self, ckpt: Checkpoint, model: nn.Module, opt: Any, sched: Any, pre: Preprocessor) -> None:
+        check_fits(ckpt, [(n, p.shape) for n, p in model.named_parameters()], opt.flat.data)
+        state = training_state(ckpt)
+        opt.flat.data[...] = state.params
         try:
-            opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-            sched.load_state_dict(meta["scheduler"])
+            opt.load_state_dict(state.optimizer)
+            sched.load_state_dict(state.scheduler)
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{ckpt.path}: optimizer or schedule state does not fit: {e}") from None
-
-    # -- the loop -------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        """Train to the end (epochs or max_steps) and write the final checkpoint."""
-        t_start = time.perf_counter()
-        try:
-            result = self._loop(self._setup())
-        except Interrupted as e:
-            self.comm.fail(str(e), 128 + e.signum)
-            raise
-        except BaseException as e:
-            self.comm.fail(f"{type(e).__name__}: {e}" if not str(e) else str(e), 1)
-            raise
-        finally:
-            self.comm.close()
-        result.seconds = time.perf_counter() - t_start
-        if self.comm.is_coordinator:
-            summary = {"step": result.step, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy,
-                       "seconds": round(result.seconds, 3)}
-            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
-        return result
-
-    def _setup(self) -> "_Run":
-        """Data, model, optimizer and schedule, restored from a checkpoint when resuming, with
-        the ranks' agreement checked; the coordinator opens the run directory."""
-        cfg, comm = self.cfg, self.comm
-        seed = cfg["seed"]
-        self._warnings: list[str] = []
-        threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0])
-        splits = load_data(cfg["data"], seed, cfg["model"]["window"])
-        model = build_model(cfg, splits)
-        outputs = splits.train.num_classes or splits.train.y.shape[1]
-        loss_fn = build_loss(cfg, outputs)
-        opt = build_optimizer(cfg, model)
-        flat = opt.flat
-        tc = cfg["train"]
-        # Agree on config and model before anything is written; a parameter server assigns
-        # this worker's rank here, which fixes its slice of every batch.
-        comm.handshake(self.hash, flat.numel)
-        processes = comm.processes()
-        coordinator = comm.is_coordinator
-        ckpt, start = self._resume_checkpoint(model, flat)
-        if ckpt is not None and not _same_preprocessing(ckpt, splits.preprocessor):
+        if not _same_preprocessing(state.preprocess, pre):
             self._warnings.append(f"the training data's preprocessing statistics differ from those in {ckpt.path}; "
                                   "has the data file changed since?")
-        sampler = DistributedSampler(len(splits.train), tc["global_batch"], seed, comm.rank, comm.size)
-        total = tc["epochs"] * sampler.steps_per_epoch
-        if tc["max_steps"] is not None:
-            total = min(total, tc["max_steps"])
-        sched = build_scheduler(cfg, opt, total)
-        self._total = total
-        if ckpt is not None and ckpt.meta.get("total_steps", total) != total and \
-                cfg["schedule"]["t_max"] is None and "cosine" in (cfg["schedule"]["name"], cfg["schedule"]["after"]):
-            self._warnings.append(f"the cosine schedule's horizon follows the run's length, now {total} steps "
-                                  f"instead of {ckpt.meta['total_steps']}; set schedule.t_max to keep it fixed")
-        if ckpt is not None:
-            self._restore(ckpt, model, opt, sched)
-        elif start:  # a parameter-server worker: the schedule follows the server's step
-            sched.load_state_dict(dict(sched.state_dict(), t=start))
-        if cfg["comm"]["overlap"] and comm.size > 1:
-            flat.on_grad_ready = comm.overlap(flat.grad, flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
-        # Every replica starts from the coordinator's parameters and optimizer state (as DDP
-        # does at construction), whatever each read from disk.
-        comm.broadcast_(flat.data, root=0)
-        comm.broadcast_state_([v for _, v in sorted(opt.state.items()) if isinstance(v, np.ndarray)])
+        if ckpt.meta.get("total_steps", self._total) != self._total and self.cfg["schedule"]["t_max"] is None \
+                and "cosine" in (self.cfg["schedule"]["name"], self.cfg["schedule"]["after"]):
+            self._warnings.append(f"the cosine schedule's horizon follows the run's length, now {self._total} "
+                                  f"steps instead of {ckpt.meta['total_steps']}; set schedule.t_max to keep it fixed")
 
-        log = metrics = None
-        if coordinator:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(f"# distbp {__version__}; config hash {self.hash}\n" + dump(cfg))
-            metrics = MetricsFile(self.run_dir / "metrics.jsonl", start if ckpt is not None else None)
-            log = RunLog(self.run_dir, total, start, tc["progress"], self.stream)
-            comm.log = log.info
-            for w in self._warnings:
-                log.info(f"warning: {w}")
-            log.info(f"distbp {__version__}: {model.num_parameters():,} parameters, {len(splits.train):,} training "
-                     f"and {len(splits.val):,} validation samples, {comm.size} worker(s), global batch "
-                     f"{tc['global_batch']}, {total} steps ({sampler.steps_per_epoch} per epoch), "
-                     f"{threads} BLAS thread(s) per worker")
-            if processes:
-                # mpiexec names a lost process only by PID and host: this line maps it to a rank.
-                log.info("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(processes)))
-            if ckpt is not None:
-                log.info(f"resumed from {ckpt.path} at step {start}")
-        return _Run(splits, model, loss_fn, opt, sched, sampler, total, start,
-                    ckpt.path if ckpt is not None else None, log, metrics)
+    def _open_run_dir(self, run: _Run, resumed: bool, threads: int, processes: list[str]) -> None:
+        cfg, tc = self.cfg, self.cfg["train"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        header = f"# distbp {__version__}; config hash {self.hash}\n"
+        passed = [f"{k}: {_qualname(v)}" for k, v in (("model", self.model), ("loss_fn", self.loss_fn),
+                                                        ("train_data", self.train_data)) if v is not None]
+        if passed:
+            header += "# passed in as objects, in place of their config sections: " + ", ".join(passed) + "\n"
+        (self.run_dir / "config.yaml").write_text(header + dump(cfg))
+        run.metrics = MetricsFile(self.run_dir / "metrics.jsonl", run.step if resumed else None)
+        run.log = log = RunLog(self.run_dir, run.total, run.step, tc["progress"], self.stream)
+        self.comm.log_to(log.info)
+        for w in self._warnings:
+            log.info(f"warning: {w}")
+        data = run.data
+        log.info(f"distbp {__version__}: {run.model.num_parameters():,} parameters, {len(data.train):,} training "
+                 f"and {len(data.val or []):,} validation samples, {self.comm.size} worker(s), global batch "
+                 f"{tc['global_batch']}, {run.total} steps ({run.sampler.steps_per_epoch} per epoch), "
+                 f"{threads} BLAS thread(s) per worker")
+        if processes:
+            # mpiexec names a lost process only by PID and host: this line maps it to a rank.
+            log.info("ranks: " + ", ".join(f"{r}=pid {p}" for r, p in enumerate(processes)))
+        if resumed:
+            log.info(f"resumed from {run.checkpoint} at step {run.step}")
 
-    def _loop(self, s: "_Run") -> RunResult:
-        cfg, comm, tc = self.cfg, self.comm, self.cfg["train"]
-        coordinator = comm.is_coordinator
-        splits, model, loss_fn, opt, sched, sampler = s.splits, s.model, s.loss_fn, s.opt, s.sched, s.sampler
-        flat, total, log, metrics = opt.flat, s.total, s.log, s.metrics
-        dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self, run: _Run) -> RunResult:
         previous_handlers = self._install_signal_handlers()
-        val_loss = val_acc = None
-        last_ckpt = s.checkpoint
-        last_log_time, samples_since_log = time.perf_counter(), 0
-        step = s.start
+        run.log_time = time.perf_counter()
         try:
-            while step < total:
-                stats, batch = self._train_step(step, splits, sampler, model, loss_fn, opt, dropouts)
-                sched.step()
-                step += 1
-                samples_since_log += batch
-                is_last = step == total
-                # The step's exchange also summed the loss and whether any process was
-                # signalled before it. Only that agreed flag stops the loop: a signal that
-                # lands on one rank after its exchange is acted on at the next step by all,
-                # not now by that rank alone (the others would wait for it in the next
-                # all-reduce, where no Python signal handler runs, and the job would hang).
-                loss = float(stats[0])
-                stop = stats[1] > 0
-                if stop and self._signal is None:
-                    self._signal = signal.SIGTERM
-                if step % cfg["comm"]["check_every"] == 0 or is_last:
-                    comm.check_replicas(flat.data, step)
-                if step % tc["log_every"] == 0 or is_last:
-                    if coordinator:
-                        now = time.perf_counter()
-                        rate = samples_since_log / max(now - last_log_time, 1e-9)
-                        epoch = (step - 1) // sampler.steps_per_epoch
-                        lr = opt.param_groups[0]["lr"]
-                        metrics.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                                       "samples_per_s": round(rate, 1)})
-                        if log.bar is None:
-                            log.info(f"step {step}/{total} epoch {epoch} loss {loss:.4f} lr {lr:.3g} "
-                                     f"{rate:,.0f} samples/s")
-                        log.advance(0, {"loss": f"{loss:.4f}"})
-                    last_log_time, samples_since_log = time.perf_counter(), 0
-                if coordinator:
-                    log.advance(1)
-                    if (step % tc["eval_every"] == 0 or is_last) and len(splits.val):
-                        val_loss, val_acc = self._evaluate(model, loss_fn, splits)
-                        metrics.write({"step": step, "val_loss": val_loss, "val_accuracy": val_acc})
-                        acc = "" if val_acc is None else f" val_accuracy {val_acc:.4f}"
-                        log.info(f"eval step {step}: val_loss {val_loss:.4f}{acc}")
-                    if step % cfg["checkpoint"]["every"] == 0 or is_last or stop:
-                        last_ckpt = self._save(step, sampler, model, opt, sched, splits)
-                if stop and not is_last:
-                    raise Interrupted(self._signal, step, last_ckpt if coordinator else None)
+            while run.step < run.total:
+                stats, batch = self._train_step(run.step, run)
+                if self._finish_step(run, stats, batch):
+                    raise Interrupted(self._signal, run.step, run.checkpoint if self.comm.is_coordinator else None)
         except PeerLost:
             # A lost worker (or server) ends the job; the coordinator keeps the last finished step.
-            if coordinator and (last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}.npz")):
-                last_ckpt = self._save(step, sampler, model, opt, sched, splits)
-                log.info(f"checkpoint of step {step} written: {last_ckpt}")
+            if self.comm.is_coordinator and (run.checkpoint is None or
+                                             not run.checkpoint.name.endswith(f"{run.step:08d}.npz")):
+                run.checkpoint = self._save(run)
+                run.log.info(f"checkpoint of step {run.step} written: {run.checkpoint}")
             raise
         finally:
-            flat.on_grad_ready = None
+            run.opt.flat.on_grad_ready = None
             self._restore_signal_handlers(previous_handlers)
-            if coordinator:
+            if self.comm.is_coordinator:
                 # The communicator outlives the run's log (its close may still report): stderr again.
-                vars(comm).pop("log", None)
-                log.close()
-                metrics.close()
-        return RunResult(step, val_loss, val_acc, last_ckpt, 0.0)
+                self.comm.log_to(None)
+                run.log.close()
+                run.metrics.close()
+        ev = run.evaluation
+        metrics = {"step": run.step, "loss": run.loss, **ev}
+        return RunResult(run.step, ev.get("val_loss"), ev.get("val_accuracy"), run.checkpoint, 0.0, metrics)
 
-    def _train_step(self, step: int, splits: Splits, sampler: DistributedSampler, model: nn.Module,
-                    loss_fn: LossFn, opt: Any, dropouts: list[nn.Dropout]) -> tuple[np.ndarray, int]:
+    def _finish_step(self, run: _Run, stats: np.ndarray, batch: int) -> bool:
+        """After a step's exchange: schedule, replica check, log, evaluation, checkpoint.
+        Whether the job stops now (a signal, agreed by all)."""
+        run.sched.step()
+        run.step += 1
+        run.samples_since_log += batch
+        step, is_last = run.step, run.step == run.total
+        # The step's exchange also summed the loss and whether any process was signalled
+        # before it. Only that agreed flag stops the loop: a signal that lands on one rank
+        # after its exchange is acted on at the next step by all, not now by that rank alone
+        # (the others would wait for it in the next all-reduce, where no Python signal handler
+        # runs, and the job would hang).
+        run.loss = float(stats[0])
+        stop = bool(stats[1] > 0)
+        if stop and self._signal is None:
+            self._signal = signal.SIGTERM
+        if step % self.cfg["comm"]["check_every"] == 0 or is_last:
+            self.comm.check_replicas(run.opt.flat.data, step)
+        if step % self.cfg["train"]["log_every"] == 0 or is_last:
+            self._log_step(run)
+        if self.comm.is_coordinator:
+            run.log.advance(1)
+            if (step % self.cfg["train"]["eval_every"] == 0 or is_last) and run.data.val is not None:
+                self._evaluate(run)
+            if step % self.cfg["checkpoint"]["every"] == 0 or is_last or stop:
+                run.checkpoint = self._save(run)
+        return stop and not is_last
+
+    def _log_step(self, run: _Run) -> None:
+        if self.comm.is_coordinator:
+            now = time.perf_counter()
+            rate = run.samples_since_log / max(now - run.log_time, 1e-9)
+            epoch = (run.step - 1) // run.sampler.steps_per_epoch
+            lr = run.opt.param_groups[0]["lr"]
+            run.metrics.write({"step": run.step, "epoch": epoch, "loss": run.loss, "lr": lr,
+                               "samples_per_s": round(rate, 1)})
+            if run.log.bar is None:
+                run.log.info(f"step {run.step}/{run.total} epoch {epoch} loss {run.loss:.4f} lr {lr:.3g} "
+                             f"{rate:,.0f} samples/s")
+            run.log.advance(0, {"loss": f"{run.loss:.4f}"})
+        run.log_time, run.samples_since_log = time.perf_counter(), 0
+
+    def _evaluate(self, run: _Run) -> None:
+        run.evaluation = evaluate(run.model, run.loss_fn, run.data.val, self.metrics, run.opt.flat.data.dtype)
+        run.metrics.write({"step": run.step, **run.evaluation})
+        shown = " ".join(f"{k} {v:.4f}" for k, v in run.evaluation.items() if v is not None)
+        run.log.info(f"eval step {run.step}: {shown}")
+
+    def _train_step(self, step: int, run: _Run) -> tuple[np.ndarray, int]:
         """Forward and backward on this worker's slice, the step's exchange, optimizer step.
         Returns the stats summed over workers (global mean loss, stop requests) and the
         global batch size."""
+        sampler, model, opt = run.sampler, run.model, run.opt
         idx, batch = sampler.local_indices(step)
         if not self.comm.computes_gradients:
             idx = idx[:0]
         start = (sampler.rank * batch) // sampler.world_size
-        for i, m in enumerate(dropouts):
+        for i, m in enumerate(run.dropouts):
             # Masks drawn from (seed, step, layer) for the whole global batch, then sliced:
             # the same masks for any number of workers, and no RNG state to checkpoint.
             m.rng, m.rows = np.random.default_rng([self.cfg["seed"], step, i]), (start, batch)
@@ -336,9 +547,8 @@ class Trainer:
         # numpy's RuntimeWarnings would only bury that message under lines from deep inside.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if len(idx):
-                x = splits.train.x[idx]
-                inputs = x if x.dtype.kind in "iu" else Tensor._wrap(x)
-                loss = loss_fn(model(inputs), splits.train.y[idx], 1.0 / batch)
+                x, y = run.data.train.batch(idx)
+                loss = run.loss_fn(model(as_input(x, opt.flat.data.dtype)), np.asarray(y), 1.0 / batch)
                 loss.backward()
                 local_loss = loss.item()
             grad = opt.flat.flat_grad()
@@ -363,53 +573,22 @@ class Trainer:
                                     "lower optimizer.lr or check the data")
         raise TrainingError(f"non-finite gradient at step {step}")
 
-    @no_grad()
-    def _evaluate(self, model: nn.Module, loss_fn: LossFn, splits: Splits) -> tuple[float, float | None]:
-        """Mean validation loss and, for classification, accuracy (dropout off)."""
-        model.eval()
-        val = splits.val
-        total_loss, correct = 0.0, 0
-        for lo in range(0, len(val), EVAL_BATCH):
-            x, y = val.x[lo:lo + EVAL_BATCH], val.y[lo:lo + EVAL_BATCH]
-            out = model(x if x.dtype.kind in "iu" else Tensor._wrap(x))
-            total_loss += loss_fn(out, y, 1.0).item()
-            if val.num_classes is not None:
-                correct += int((out.data.argmax(axis=1) == y).sum())
-        model.train()
-        accuracy = correct / len(val) if val.num_classes is not None else None
-        return total_loss / len(val), accuracy
-
-    def _save(self, step: int, sampler: DistributedSampler, model: nn.Module, opt: Any, sched: Any,
-              splits: Splits) -> Path:
-        epoch, position = sampler.position(step)
-        opt_state = opt.state_dict()
-        arrays = {"params": opt.flat.data.copy()}
-        scalars = {}
-        for k, v in opt_state["state"].items():
-            if isinstance(v, np.ndarray):
-                arrays[f"optim.{k}"] = v
-            else:
-                scalars[k] = v
-        for k, v in splits.preprocessor.state().items():
-            arrays[f"preprocess.{k}"] = np.asarray(v)
-        if splits.train.vocab is not None:
-            arrays["vocab"] = np.array(splits.train.vocab, dtype=str)
-        if splits.train.classes is not None:
-            arrays["classes"] = np.array(splits.train.classes, dtype=str)
+    def _save(self, run: _Run) -> Path:
+        epoch, position = run.sampler.position(run.step)
         meta = {
             "epoch": epoch, "position": position, "world_size": self.comm.size,
             "config_hash": self.hash, "config": self.cfg, "distbp_version": __version__,
             # All randomness is derived from the seed: the epoch's permutation from
             # (seed, epoch), dropout masks from (seed, step, layer). No generator state to save.
             "rng": {"scheme": "derived", "seed": self.cfg["seed"]},
-            "param_names": [n for n, _ in model.named_parameters()],
-            "param_shapes": [list(p.shape) for _, p in model.named_parameters()],
-            "optimizer": {"scalars": scalars, "param_groups": opt_state["param_groups"]},
-            "scheduler": sched.state_dict(),
             "total_steps": self._total,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return write_checkpoint(self.run_dir / "checkpoints", step, arrays, meta, self.cfg["checkpoint"]["keep"])
+        return save_training(self.run_dir / "checkpoints", run.step, params=run.opt.flat.data,
+                             optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
+                             named_shapes=[(n, p.shape) for n, p in run.model.named_parameters()],
+                             preprocess=run.data.preprocessor.state(), vocab=run.data.vocab,
+                             classes=run.data.classes, meta=meta, keep=self.cfg["checkpoint"]["keep"])
 
     # -- signals --------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
