@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy_of_top2 = lambda out, y: float(np.mean((np.argsort(-out, axis=1)[:, :2] == y[:, None]).any(axis=1)))
     result = Trainer(config, model=model, loss_fn=per_sample_cross_entropy, train_data=train, val_data=val,
                      metrics={"top2_accuracy": accuracy_of_top2}, run_dir=args.run_dir, resume=args.resume).fit()
-    print("final:", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    print(f"final: {({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})}", flush=True)
     return result
 
 

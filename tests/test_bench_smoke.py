@@ -106,3 +106,12 @@ def test_zero_quick(tmp_path):
     assert report["ranks"] == 2 and report["numel"] == 1_863_690
     assert set(report["median_s"]) == {"allreduce", "adam_full", "reduce_scatter_allgather", "adam_shard"}
     assert all(v > 0 for v in report["median_s"].values())
+
+
+def test_trainer_quick(tmp_path):
+    out = tmp_path / "trainer.json"
+    res = run_bench("trainer.py", out)
+    assert "same math after 11 steps: yes" in res.stdout, res.stdout
+    assert re.search(r"^Trainer / bare loop samples/s: [0-9.]+ \(runs: ", res.stdout, re.M), res.stdout
+    report = json.loads(out.read_text())
+    assert report["same_math"] and report["ratio"] > 0 and set(report["ms_per_step"]) == {"trainer", "bare"}

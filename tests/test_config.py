@@ -189,7 +189,7 @@ def _above_max(f: Field) -> list[Any]:
 RANGE_CASES = [(path, f, v) for path, f in FIELDS for v in _below_min(f) + _above_max(f)]
 CHOICE_FIELDS = [(path, f) for path, f in FIELDS if f.choices]
 WRONG_TYPE = {"int": "abc", "float": "abc", "bool": 3, "str": 123, "str_or_int": [1],
-              "int_list": "abc", "size_list": "abc", "float_list": "abc", "mapping": [1], "list": "abc"}
+              "int_list": "abc", "size_list": "abc", "float_list": "abc", "mapping": [1], "list": "abc", "import_path": 123}
 
 
 def test_the_schema_has_the_cases_the_generated_tests_need():
@@ -441,3 +441,74 @@ def test_config_hash_ignores_where_and_how_often(override):
 def test_semantic_diff_names_the_key():
     a, b = defaults(), resolve(None, ["optimizer.lr=0.5", "run_dir=x"])
     assert C.semantic_diff(a, b) == ["optimizer.lr: 0.001 -> 0.5"]
+
+
+# -- keys that take no effect for the chosen variant ------------------------------------------------
+
+@pytest.mark.parametrize("sets, message", [
+    (["schedule.name=step", "schedule.tau=50"],
+     "schedule.tau: has no effect with schedule.name: step; it applies to the annealing schedule "
+     "(remove the key, or choose that variant)"),
+    (["optimizer.nesterov=true"],
+     "optimizer.nesterov: has no effect with optimizer.name: adam; it applies to optimizer.name: sgd or momentum "
+     "(remove the key, or choose that variant)"),
+    (["optimizer.name=sgd", "optimizer.nesterov=true"],
+     "optimizer.nesterov: Nesterov momentum needs optimizer.momentum > 0 and optimizer.dampening 0 (as "
+     "torch.optim.SGD), got momentum 0.0 and dampening 0.0"),
+    (["optimizer.name=adam", "optimizer.alpha=0.9"],
+     "optimizer.alpha: has no effect with optimizer.name: adam; it applies to optimizer.name: rmsprop "
+     "(remove the key, or choose that variant)"),
+    (["model.type=window", "data.name=conll", f"data.path={NER}", "model.sizes=[5, 3]"],
+     "model.sizes: has no effect with model.type: window; it applies to model.type: mlp "
+     "(remove the key, or choose that variant)"),
+    (["schedule.name=warmup", "schedule.after=cosine", "schedule.gamma=0.5"],
+     "schedule.gamma: has no effect with schedule.name: warmup then cosine; it applies to the step schedule "
+     "(remove the key, or choose that variant)"),
+    (["comm.timeout_s=3"], "comm.timeout_s: has no effect with comm.backend: auto; it applies to comm.backend: zmq "
+                           "(remove the key, or choose that variant)"),
+])
+def test_a_key_without_effect_is_refused_naming_key_and_variant(sets, message):
+    assert _error(overrides=tuple(sets)) == message
+
+
+def test_a_key_set_to_its_default_is_harmless_where_it_has_no_effect():
+    # A config.yaml of an older run may list every key: at its default, none is refused.
+    assert resolve(None, ["schedule.name=step", "schedule.tau=100.0"])["schedule"]["name"] == "step"
+
+
+@pytest.mark.parametrize("sets, momentum, dampening, nesterov", [
+    (["optimizer.name=sgd"], 0.0, 0.0, False),                                  # torch.optim.SGD's defaults
+    (["optimizer.name=sgd", "optimizer.momentum=0.9"], 0.9, 0.0, False),
+    (["optimizer.name=sgd", "optimizer.momentum=0.9", "optimizer.dampening=0.5"], 0.9, 0.5, False),
+    (["optimizer.name=sgd", "optimizer.momentum=0.8", "optimizer.nesterov=true"], 0.8, 0.0, True),
+    (["optimizer.name=momentum"], 0.9, 0.0, False),                             # the older name still works
+])
+def test_sgd_honours_momentum_dampening_and_nesterov_as_torch(sets, momentum, dampening, nesterov):
+    from distbp import nn
+    from distbp.train.build import build_optimizer
+    cfg = resolve(None, sets)
+    opt = build_optimizer(cfg, nn.MLP([4, 3, 2]))
+    g = opt.param_groups[0]
+    assert (g["momentum"], g["dampening"], g["nesterov"]) == (momentum, dampening, nesterov)
+    assert yaml.safe_load(dump(cfg))["optimizer"]["momentum"] == momentum  # recorded: it takes effect
+
+
+def test_config_yaml_records_only_the_keys_that_take_effect():
+    sgd = yaml.safe_load(dump(resolve(None, ["optimizer.name=sgd"])))["optimizer"]
+    assert set(sgd) == {"name", "lr", "weight_decay", "decay_biases", "momentum", "dampening", "nesterov"}
+    adam = yaml.safe_load(dump(defaults()))
+    assert "momentum" not in adam["optimizer"] and set(adam["schedule"]) == {"name"}
+    assert "factory" not in adam["model"] and "layers" not in adam["model"]
+
+
+@pytest.mark.parametrize("sets", [[], ["optimizer.name=sgd", "optimizer.momentum=0.5"], ["schedule.name=warmup"],
+                                  ["model.type=sequential", "model.layers=[{Linear: [auto, auto]}]"]])
+def test_resolving_a_resolved_config_changes_nothing(sets):
+    cfg = resolve(None, sets)
+    assert resolve(copy.deepcopy(cfg)) == cfg
+    assert config_hash(resolve(yaml.safe_load(dump(cfg)))) == config_hash(cfg)
+
+
+def test_the_hash_ignores_keys_without_effect():
+    assert config_hash(resolve(None, ["schedule.name=step"])) == \
+        config_hash(resolve({"schedule": {"name": "step", "tau": 100.0}}))

@@ -197,8 +197,9 @@ def test_own_module_under_mpirun_matches_one_process(n, tmp_path, single):
     assert res.returncode == 0, res.stderr
     np.testing.assert_allclose(_params(tmp_path), single, rtol=0, atol=1e-5)
     # fit() returns the coordinator's final metrics on every rank.
-    finals = [line for line in res.stdout.splitlines() if line.startswith("final:")]
-    assert len(finals) == n and len(set(finals)) == 1 and "top2_accuracy" in finals[0]
+    import re
+    finals = re.findall(r"final: (\{[^}]*\})", res.stdout)  # ranks' lines may interleave
+    assert len(finals) == n and len(set(finals)) == 1 and "top2_accuracy" in finals[0], res.stdout
 
 
 @pytest.mark.slow
@@ -235,3 +236,59 @@ def test_own_module_with_two_zmq_workers_matches_one_process(tmp_path, single):
         job.assert_all_ended()
     finally:
         job.kill_all()
+
+
+def test_sigterm_stops_a_run_of_objects_with_a_checkpoint_and_it_resumes_bitwise(tmp_path):
+    import os
+    import signal
+    from distbp.train import Interrupted
+    (x, y), val = own_module.make_data()
+
+    class Signalling(Dataset):
+        """The training arrays; reading step 11's batch signals this process (the data, not
+        the loss, so that the resumed run's objects are the same as the first's)."""
+        calls = 0
+
+        def batch(self, indices):
+            Signalling.calls += 1
+            if Signalling.calls == 2 + 11:  # data_info and the shape check, then step 11's batch
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().batch(indices)
+
+    with pytest.raises(Interrupted) as e:
+        _trainer(tmp_path / "part", train_data=Signalling("blobs", x, y, list("abcd")), val_data=val).fit()
+    # The step in flight finishes, is checkpointed, and the run stops.
+    assert e.value.step == 11 and e.value.path == tmp_path / "part" / "checkpoints" / "step-00000011.npz"
+    _trainer(tmp_path / "part").fit()
+    _trainer(tmp_path / "full").fit()
+    assert np.array_equal(_params(tmp_path / "part"), _params(tmp_path / "full"))
+
+
+RANK1_FAILS = f"""
+import sys
+sys.path.insert(0, {str(EXAMPLE.parent)!r})
+import own_module
+from distbp.comm import world_rank
+calls = []
+def loss(out, y):
+    calls.append(1)
+    if world_rank() == 1 and len(calls) == 5:
+        raise ValueError("a bad batch on rank 1")
+    return own_module.per_sample_cross_entropy(out, y)
+own_module.per_sample_cross_entropy, original = loss, own_module.per_sample_cross_entropy
+own_module.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_an_error_in_your_loss_on_rank_1_ends_the_trainer_job_naming_the_rank(tmp_path):
+    import subprocess
+    import time
+    from test_mpi import MPIEXEC
+    t0 = time.monotonic()
+    res = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", RANK1_FAILS, "--run-dir", str(tmp_path),
+                          "--set", "comm.threads=1"], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and time.monotonic() - t0 < 10, res.stderr
+    assert "[rank 1] ValueError: a bad batch on rank 1" in res.stderr.splitlines()
+    assert any(line.startswith("distbp: rank 1 (pid ") and line.endswith(
+        "raised ValueError: a bad batch on rank 1; ending all 2 ranks") for line in res.stderr.splitlines()), res.stderr

@@ -27,7 +27,8 @@ class ConfigError(DistbpError, ValueError):
 class Field:
     """One config key: its type, default and allowed values."""
 
-    kind: str  # "int", "float", "bool", "str", "int_list", "size_list", "float_list", "str_or_int", "mapping", "list"
+    kind: str  # "int", "float", "bool", "str", "int_list", "size_list", "float_list", "str_or_int", "mapping",
+    #            "list", "import_path"
     default: Any
     choices: tuple | None = None
     min: float | None = None
@@ -51,7 +52,7 @@ SCHEMA: dict[str, Any] = {
         "type": Field("str", "mlp", choices=("mlp", "window", "sequential", "custom")),
         "sizes": Field("size_list", [64, 256, 10], min=1),
         "layers": Field("list", None, nullable=True),
-        "factory": Field("str", None, nullable=True),
+        "factory": Field("import_path", None, nullable=True),
         "options": Field("mapping", {}),
         "activation": Field("str", "relu", choices=ACTIVATIONS),
         "output_activation": Field("str", "none", choices=("none", "sigmoid")),
@@ -65,7 +66,7 @@ SCHEMA: dict[str, Any] = {
     },
     "data": {
         "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll", "custom")),
-        "factory": Field("str", None, nullable=True),
+        "factory": Field("import_path", None, nullable=True),
         "options": Field("mapping", {}),
         "path": Field("str", None, nullable=True),
         "labels": Field("str", None, nullable=True),
@@ -156,8 +157,9 @@ def _paths(schema: dict[str, Any], prefix: str = "") -> Iterable[str]:
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"; did you mean {match[0]}?" if match else ""
+    by_lower = {str(o).lower(): str(o) for o in options}
+    match = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[match[0]]}?" if match else ""
 
 
 def _range_text(f: Field) -> str:
@@ -218,6 +220,9 @@ def _check_value(path: str, f: Field, value: Any) -> Any:
         # A size written `auto` is taken from the data (features in, classes out).
         value = [v if f.kind == "size_list" and v == AUTO else _check_number(f"{path}[{i}]", f, v, item_kind)
                  for i, v in enumerate(value)]
+    elif f.kind == "import_path":
+        if not isinstance(value, str) or not IMPORT_PATH.match(value):
+            raise ConfigError(f"{path}: expected pkg.module:function, got {value!r}")
     elif f.kind == "mapping":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{path}: expected a mapping of keyword arguments, got {value!r}")

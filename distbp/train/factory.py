@@ -35,7 +35,7 @@ def import_object(spec: str, key: str) -> Callable[..., Any]:
             raise ConfigError(f"{key}: {spec}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"{key}: {spec} is a {type(obj).__name__}, not a function or class")
+        raise ConfigError(f"{key}: {spec} is not a function or class but an object of type {type(obj).__name__}")
     return obj
 
 

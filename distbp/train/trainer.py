@@ -554,8 +554,10 @@ class Trainer:
             grad = opt.flat.flat_grad()
 
             def update() -> None:
-                # One cheap pass; the sum of large finite values can overflow, so confirm elementwise.
-                if not (math.isfinite(local_loss) and (np.isfinite(grad.sum()) or bool(np.isfinite(grad).all()))):
+                # One BLAS pass (a dot is 2x faster than a sum here: bench/trainer.py): NaN or inf
+                # anywhere makes it non-finite; squares of large finite values can overflow,
+                # so a non-finite result is confirmed elementwise.
+                if not (math.isfinite(local_loss) and (np.isfinite(np.dot(grad, grad)) or bool(np.isfinite(grad).all()))):
                     self._raise_non_finite(step + 1, local_loss, model)
                 opt.step()
 
