@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 if the target is missed")
     args = ap.parse_args(argv)
     steps = args.steps or (20 if args.quick else 300)
-    n_rounds = args.rounds or (1 if args.quick else 5)
+    n_rounds = args.rounds or (1 if args.quick else 9)
     warmup = BLOCK if args.quick else 2 * BLOCK
     report, _ = common.print_header("Trainer with a model passed in, against a bare loop", no_torch=True)
     x, y = data()

@@ -292,3 +292,17 @@ def test_an_error_in_your_loss_on_rank_1_ends_the_trainer_job_naming_the_rank(tm
     assert "[rank 1] ValueError: a bad batch on rank 1" in res.stderr.splitlines()
     assert any(line.startswith("distbp: rank 1 (pid ") and line.endswith(
         "raised ValueError: a bad batch on rank 1; ending all 2 ranks") for line in res.stderr.splitlines()), res.stderr
+
+
+def test_config_from_a_yaml_path_and_config_yaml_leaves_out_what_objects_replace(tmp_path):
+    import yaml
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    assert _trainer(tmp_path / "run", config=path).fit()["step"] == 40
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    recorded = yaml.safe_load(text)
+    assert "data" not in recorded and "model" not in recorded  # model, loss_fn and data were passed in
+    assert recorded["optimizer"] == {"name": "adam", "lr": 0.005, "weight_decay": 0.0, "decay_biases": False,
+                                     "betas": [0.9, 0.999], "eps": None}
+    assert "# passed in as objects, in place of the config keys they replace: model: own_module.TiedResidual, " \
+           "loss_fn: own_module.per_sample_cross_entropy, train_data: builtins.tuple" in text

@@ -493,9 +493,19 @@ def config_hash(cfg: dict[str, Any], extra: Any = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def dump(cfg: dict[str, Any]) -> str:
-    """The resolved config as YAML, keys in schema order, only the keys that take effect."""
-    return yaml.safe_dump(effective(cfg), sort_keys=False, default_flow_style=False)
+def dump(cfg: dict[str, Any], replaced: Iterable[str] = ()) -> str:
+    """The resolved config as YAML, keys in schema order, only the keys that take effect;
+    without the dotted keys ``replaced`` (what objects passed to the Trainer stand in for)."""
+    out = effective(cfg)
+    for path in replaced:
+        section, _, key = path.partition(".")
+        if key:
+            out.get(section, {}).pop(key, None)
+            if out.get(section) == {}:
+                out.pop(section)
+        else:
+            out.pop(section, None)
+    return yaml.safe_dump(out, sort_keys=False, default_flow_style=False)
 
 
 def semantic_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

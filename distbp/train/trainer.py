@@ -8,6 +8,7 @@ loss_fn=..., train_data=...)``); either way the same invariants hold (docs/ARCHI
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import signal
@@ -148,8 +149,9 @@ def _same_preprocessing(saved: dict[str, np.ndarray], pre: Preprocessor) -> bool
 
 
 def _qualname(obj: Any) -> str:
-    kind = obj if isinstance(obj, type) or callable(obj) and not isinstance(obj, nn.Module) else type(obj)
-    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', type(obj).__name__)}"
+    """``module.Name`` of a function or class, else of the object's class."""
+    named = obj if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj) else type(obj)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
 class Trainer:
@@ -360,6 +362,18 @@ class Trainer:
                                   f"({len(x)}, {data.info.targets})")
             loss_fn(out, np.asarray(y), 1.0)
 
+    def _replaced_keys(self) -> list[str]:
+        """The config keys that objects passed in stand in for (config.yaml leaves them out)."""
+        keys = []
+        if self.model is not None:
+            keep = {"loss", "margin"} if self.loss_fn is None else set()
+            keys += [f"model.{k}" for k in self.cfg["model"] if k not in keep]
+        if self.loss_fn is not None:
+            keys += ["model.loss", "model.margin"]
+        if self.train_data is not None:
+            keys.append("data")
+        return keys
+
     def _objects_signature(self, model: nn.Module, data: _Data) -> Any:
         """What the config hash must also cover when objects replace what the config builds,
         so that another model or data set in the same run directory is not resumed."""
@@ -434,8 +448,8 @@ class Trainer:
         passed = [f"{k}: {_qualname(v)}" for k, v in (("model", self.model), ("loss_fn", self.loss_fn),
                                                         ("train_data", self.train_data)) if v is not None]
         if passed:
-            header += "# passed in as objects, in place of their config sections: " + ", ".join(passed) + "\n"
-        (self.run_dir / "config.yaml").write_text(header + dump(cfg))
+            header += "# passed in as objects, in place of the config keys they replace: " + ", ".join(passed) + "\n"
+        (self.run_dir / "config.yaml").write_text(header + dump(cfg, self._replaced_keys()))
         run.metrics = MetricsFile(self.run_dir / "metrics.jsonl", run.step if resumed else None)
         run.log = log = RunLog(self.run_dir, run.total, run.step, tc["progress"], self.stream)
         self.comm.log_to(log.info)
