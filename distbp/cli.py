@@ -10,7 +10,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from .errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE
+from .errors import EXIT_OK, EXIT_RUN_ERROR
 
 
 def _fail(prog: str, message: str, code: int) -> int:

@@ -258,7 +258,7 @@ def test_every_number_rejects_a_bool(path):
 
 def test_set_values_are_parsed_as_yaml(tmp_path):
     (tmp_path / "d.csv").write_text("a,label\n1,x\n")
-    csv = [f"data.name=csv", f"data.path={tmp_path / 'd.csv'}"]
+    csv = ["data.name=csv", f"data.path={tmp_path / 'd.csv'}"]
     cfg = resolve(None, ["train.epochs=5", "optimizer.lr=0.5", "model.sizes=[64, 32, 10]",
                          "train.max_steps=null", "data.label=label", "run_dir=runs/a=b",
                          "optimizer.betas=[0.8, 0.9]"] + csv)

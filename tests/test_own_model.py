@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import runpy
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import distbp.functional as F
 from distbp import nn
 from distbp.autodiff.tensor import Tensor, no_grad
 from distbp.data import DataError, Dataset
-from distbp.train import ConfigError, Trainer, list_checkpoints, read_checkpoint, resolve
+from distbp.train import ConfigError, Trainer, list_checkpoints, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_module.py"
