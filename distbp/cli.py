@@ -178,5 +178,69 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     return _guard("distbp-keys", body)
 
 
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-predict: predictions of a trained model for every row (or token) of INPUT, in
+    the format it trained on (CSV, npz, IDX, CoNLL), read and written a chunk at a time."""
+    parser = argparse.ArgumentParser(prog="distbp-predict", description=predict_main.__doc__)
+    parser.add_argument("model", metavar="RUN_OR_CHECKPOINT", help="a run directory, a checkpoint or a .safetensors")
+    parser.add_argument("input", metavar="INPUT")
+    parser.add_argument("-o", "--output", metavar="OUTPUT", help="default: INPUT's name with .pred before its suffix")
+    parser.add_argument("--proba", action="store_true", help="also write one probability column per class")
+    parser.add_argument("--chunk", type=int, default=4096, help="rows per chunk (default 4096)")
+    args = parser.parse_args(argv)
+    if args.chunk < 1:
+        parser.error("--chunk must be at least 1")
+
+    def body() -> int:
+        from pathlib import Path
+
+        from .train.inference import predict_file
+        from .train.predictor import load
+
+        out = predict_file(load(args.model), Path(args.input), Path(args.output) if args.output else None,
+                           args.proba, args.chunk, progress=sys.stderr.isatty())
+        print(out)
+        return EXIT_OK
+
+    return _guard("distbp-predict", body)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-eval: the metrics of a trained model on labelled data: accuracy, per-class
+    precision/recall/F1 and the confusion matrix; entity-level F1 for CoNLL (conlleval's
+    rules); MSE, MAE and R² for regression."""
+    parser = argparse.ArgumentParser(prog="distbp-eval", description=eval_main.__doc__)
+    parser.add_argument("model", metavar="RUN_OR_CHECKPOINT")
+    parser.add_argument("--data", metavar="PATH", required=True, help="labelled data in the format it trained on")
+    parser.add_argument("--labels", metavar="PATH", help="the label file of IDX images")
+    parser.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+    parser.add_argument("--plot", metavar="PNG", nargs="?", const="", help="also write the confusion matrix as a PNG "
+                        "(default: beside --json, or confusion.png)")
+    parser.add_argument("--chunk", type=int, default=4096, help="rows per chunk (default 4096)")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from pathlib import Path
+
+        from .train.config import ConfigError
+        from .train.inference import evaluate_file, format_report, plot_confusion, write_json
+        from .train.predictor import load
+
+        report = evaluate_file(load(args.model), Path(args.data), args.chunk,
+                               Path(args.labels) if args.labels else None, progress=sys.stderr.isatty())
+        print(format_report(report))
+        if args.json:
+            print(f"metrics: {write_json(report, Path(args.json))}")
+        if args.plot is not None:
+            if report["task"] == "regression":
+                raise ConfigError("--plot: a regression has no confusion matrix")
+            png = Path(args.plot) if args.plot else (Path(args.json).with_suffix(".png") if args.json
+                                                     else Path("confusion.png"))
+            print(f"confusion matrix: {plot_confusion(report, png)}")
+        return EXIT_OK
+
+    return _guard("distbp-eval", body)
+
+
 if __name__ == "__main__":
     sys.exit(train_main())

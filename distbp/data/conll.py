@@ -65,6 +65,13 @@ def build_vocab(sentences: list[Sentence], min_count: int = 1) -> list[str]:
     return [UNK, START, END] + kept
 
 
+def window_ids(words: list[str], index: dict[str, int], w: int) -> np.ndarray:
+    """The (len(words), 2w+1) word ids of the windows centred on each word: padded with <s>
+    and </s>, normalized, unknown words as <unk> (id 0)."""
+    ids = [index[START]] * w + [index.get(normalize(t), 0) for t in words] + [index[END]] * w
+    return np.array([ids[i:i + 2 * w + 1] for i in range(len(words))], dtype=np.int64).reshape(-1, 2 * w + 1)
+
+
 def windows(sentences: list[Sentence], vocab: list[str], tag_names: list[str], w: int,
             source: str) -> Dataset:
     """One sample per token: the ids of the 2w+1 words centred on it, and its tag id."""
@@ -72,10 +79,8 @@ def windows(sentences: list[Sentence], vocab: list[str], tag_names: list[str], w
     tag_index = {t: i for i, t in enumerate(tag_names)}
     xs, ys = [], []
     for words, tags in sentences:
-        ids = [index[START]] * w + [index.get(normalize(t), 0) for t in words] + [index[END]] * w
-        for i, tag in enumerate(tags):
-            xs.append(ids[i:i + 2 * w + 1])
-            ys.append(tag_index[tag])
-    x = np.array(xs, dtype=np.int64).reshape(-1, 2 * w + 1)
+        xs.append(window_ids(words, index, w))
+        ys.extend(tag_index[tag] for tag in tags)
+    x = np.concatenate(xs) if xs else np.zeros((0, 2 * w + 1), dtype=np.int64)
     return Dataset(Path(source).stem, x, np.array(ys, dtype=np.int64), list(tag_names), list(vocab),
                    source=source)

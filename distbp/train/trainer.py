@@ -8,6 +8,7 @@ loss_fn=..., train_data=...)``); either way the same invariants hold (docs/ARCHI
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -257,7 +258,8 @@ class Trainer:
         model, loss_fn = self._model(data.info), self._loss(data.info)
         opt = build_optimizer(cfg, model)
         self._check_model(model, loss_fn, data)
-        self.hash = config_hash(cfg, self._objects_signature(model, data))
+        self._signature = self._objects_signature(model, data)
+        self.hash = config_hash(cfg, self._signature)
         # Agree on config and model before anything is written; a parameter server assigns
         # this worker's rank here, which fixes its slice of every batch.
         comm.handshake(self.hash, opt.flat.numel)
@@ -599,6 +601,10 @@ class Trainer:
             "rng": {"scheme": "derived", "seed": self.cfg["seed"]},
             "total_steps": self._total,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # What distbp.load needs to rebuild the model: the data's shape, and which parts
+            # were objects passed in rather than built from the config.
+            "data_info": dataclasses.asdict(run.data.info),
+            "objects": self._signature,
         }
         return save_training(self.run_dir / "checkpoints", run.step, params=run.opt.flat.data,
                              optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
