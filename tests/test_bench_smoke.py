@@ -115,3 +115,13 @@ def test_trainer_quick(tmp_path):
     assert re.search(r"^Trainer / bare loop samples/s: [0-9.]+ \(runs: ", res.stdout, re.M), res.stdout
     report = json.loads(out.read_text())
     assert report["same_math"] and report["ratio"] > 0 and set(report["ms_per_step"]) == {"trainer", "bare"}
+
+
+def test_predict_quick(tmp_path):
+    out = tmp_path / "predict.json"
+    res = run_bench("predict.py", out)
+    assert "same predictions as the hand-written forward: yes" in res.stdout, res.stdout
+    assert re.search(r"^distbp / hand rows/s: [0-9.]+ ", res.stdout, re.M), res.stdout
+    assert re.search(r"^peak at 20x / at 10x the chunk: [0-9.]+ ", res.stdout, re.M), res.stdout
+    report = json.loads(out.read_text())
+    assert report["same_predictions"] and set(report["peak_bytes"]) == {"10", "20"}
