@@ -62,9 +62,15 @@ def hand_forward(run: Path, path: Path, out: Path, chunk: int) -> None:
         x = f["x"]
     preds, probs = [], []
     for lo in range(0, len(x), chunk):
-        z = ((x[lo:lo + chunk].astype(np.float64) - mean) * matrix).astype(np.float32)  # standardize
-        h = np.maximum(z @ params[0] + params[1], 0)
-        s = (h @ params[2] + params[3]).astype(np.float64)
+        z = x[lo:lo + chunk].astype(np.float64)
+        z -= mean                                      # standardize, in float64 as the training statistics
+        z *= matrix
+        h = z.astype(np.float32) @ params[0]           # in-place from here: no temporary per op
+        h += params[1]
+        np.maximum(h, 0, out=h)
+        s = h @ params[2]
+        s += params[3]
+        s = s.astype(np.float64)
         s -= s.max(axis=1, keepdims=True)
         np.exp(s, out=s)
         s /= s.sum(axis=1, keepdims=True)
