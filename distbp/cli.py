@@ -205,6 +205,28 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     return _guard("distbp-predict", body)
 
 
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """distbp-export: a trained model as named tensors in a .safetensors file, with its config,
+    class names, vocabulary and preprocessing as metadata; --layout torch names and shapes
+    them as torch.nn does (Linear weights (out, in))."""
+    parser = argparse.ArgumentParser(prog="distbp-export", description=export_main.__doc__)
+    parser.add_argument("model", metavar="RUN_OR_CHECKPOINT")
+    parser.add_argument("-o", "--output", metavar="FILE.safetensors", required=True)
+    parser.add_argument("--layout", choices=("distbp", "torch"), default="distbp")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from pathlib import Path
+
+        from .train.export import export
+        from .train.predictor import checkpoint_of
+
+        print(export(checkpoint_of(Path(args.model)), Path(args.output), args.layout))
+        return EXIT_OK
+
+    return _guard("distbp-export", body)
+
+
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """distbp-eval: the metrics of a trained model on labelled data: accuracy, per-class
     precision/recall/F1 and the confusion matrix; entity-level F1 for CoNLL (conlleval's

@@ -36,6 +36,17 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta["step"])
 
+    def named_parameters(self) -> dict[str, np.ndarray]:
+        """The parameters by name (views into ``params``, in named_parameters order, shaped
+        as the model's), from the names and shapes the meta records."""
+        out, offset = {}, 0
+        params = self.arrays["params"]
+        for name, shape in zip(self.meta.get("param_names", []), self.meta.get("param_shapes", [])):
+            size = int(np.prod(shape))
+            out[name] = params[offset:offset + size].reshape(shape)
+            offset += size
+        return out
+
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.npz"

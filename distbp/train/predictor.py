@@ -113,7 +113,8 @@ class Predictor:
         return out
 
 
-def _checkpoint(path: Path) -> Checkpoint:
+def checkpoint_of(path: Path) -> Checkpoint:
+    """The newest checkpoint that verifies in a run directory, or the checkpoint file itself."""
     if path.is_dir():
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         ckpt, warnings = latest_valid(ckpt_dir)
@@ -135,7 +136,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> Predictor:
         from .export import load_safetensors
 
         return load_safetensors(path, model)
-    ckpt = _checkpoint(path)
+    ckpt = checkpoint_of(path)
     return from_checkpoint(ckpt, model)
 
 
@@ -147,10 +148,11 @@ def _info(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> DataInfo:
     return DataInfo(**{**saved, "shape": tuple(saved["shape"])})
 
 
-def build_for(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str, model: nn.Module | None
-              ) -> tuple[nn.Module, DataInfo]:
-    """The model a checkpoint's meta describes, with its parameters (``arrays["params"]``
-    in named_parameters order) loaded and checked; in eval mode."""
+def build_for(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str, model: nn.Module | None,
+              load: bool = True) -> tuple[nn.Module, DataInfo]:
+    """The model a checkpoint's meta describes (or ``model``), with its parameters
+    (``arrays["params"]`` in named_parameters order) loaded and checked unless ``load`` is
+    False; in eval mode."""
     info = _info(meta, arrays)
     objects = meta.get("objects") or {}
     if model is None:
@@ -159,6 +161,8 @@ def build_for(meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str, m
                                   f"({objects['model'][0]}); pass one of the same shape: "
                                   "distbp.load(path, model=...)")
         model = build_model(meta["config"], info)
+    if not load:
+        return model.eval(), info
     named = [(n, p.shape) for n, p in model.named_parameters()]
     params = arrays["params"]
     flat = np.concatenate([p.data.ravel() for _, p in model.named_parameters()])
