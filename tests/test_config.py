@@ -90,7 +90,7 @@ def test_defaults_resolve_to_themselves():
     assert cfg["data"]["name"] == "digits"
     assert cfg["optimizer"] == {**cfg["optimizer"], "name": "adam", "lr": 0.001, "weight_decay": 0.0}
     assert cfg["train"]["global_batch"] == 128
-    assert cfg["checkpoint"] == {"every": 100, "keep": 3}
+    assert cfg["checkpoint"] == {"every": 100, "keep": 3, "keep_best": None}
 
 
 def test_default_yaml_is_the_default_config():
@@ -187,8 +187,8 @@ def _above_max(f: Field) -> list[Any]:
 
 
 RANGE_CASES = [(path, f, v) for path, f in FIELDS for v in _below_min(f) + _above_max(f)]
-CHOICE_FIELDS = [(path, f) for path, f in FIELDS if f.choices]
-WRONG_TYPE = {"int": "abc", "float": "abc", "bool": 3, "str": 123, "str_or_int": [1],
+CHOICE_FIELDS = [(path, f) for path, f in FIELDS if f.choices and f.kind != "str_list"]
+WRONG_TYPE = {"int": "abc", "float": "abc", "bool": 3, "str": 123, "str_or_int": [1], "str_list": "abc",
               "int_list": "abc", "size_list": "abc", "float_list": "abc", "mapping": [1], "list": "abc", "import_path": 123}
 
 
@@ -512,3 +512,15 @@ def test_resolving_a_resolved_config_changes_nothing(sets):
 def test_the_hash_ignores_keys_without_effect():
     assert config_hash(resolve(None, ["schedule.name=step"])) == \
         config_hash(resolve({"schedule": {"name": "step", "tau": 100.0}}))
+
+
+def test_train_metrics_are_names_that_fit_the_task():
+    assert _error(overrides=("train.metrics=[macro_f11]",)) == (
+        "train.metrics: 'macro_f11' is not one of accuracy, macro_f1, weighted_f1, entity_f1, entity_precision, "
+        "entity_recall, mse, mae, r2; did you mean macro_f1?")
+    assert _error(overrides=("train.metrics=[r2]",)) == "train.metrics: r2 needs regression"
+    assert _error(overrides=("train.metrics=[entity_f1]",)) == "train.metrics: entity_f1 needs CoNLL data"
+    assert _error(overrides=("train.early_stopping={metric: val_loss, patience: 0}",)) == (
+        "train.early_stopping.patience: expected a positive integer, got 0")
+    assert _error(overrides=("train.early_stopping={metric: val_loss, wait: 3}",)) == (
+        "train.early_stopping: unknown key 'wait'; it takes metric, patience and mode")

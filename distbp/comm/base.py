@@ -76,6 +76,11 @@ class Communicator:
         back to stderr with None."""
         self._log_sink = sink
 
+    def agree_stop(self, stop: bool) -> bool:
+        """Whether the coordinator decided to end the run now (early stopping), on every
+        process; every process calls it at the same steps."""
+        return bool(self.agree_u64(int(stop)))
+
     def broadcast_json(self, value: Any) -> Any:
         """The coordinator's ``value`` (anything JSON can hold) on every process; a
         collective of the collective transports."""

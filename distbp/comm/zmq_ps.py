@@ -229,6 +229,12 @@ class ZMQServer(Communicator):
     def check_replicas(self, params: np.ndarray, step: int) -> None:
         pass  # workers hold no parameters of their own: the server sends them every step
 
+    def agree_stop(self, stop: bool) -> bool:
+        # The server decides; the workers hear it as a stop with exit code 0 (a normal end).
+        if stop:
+            self.fail("early stopping", 0)
+        return stop
+
     def fail(self, message: str, code: int) -> None:
         """Tell every worker the job is over (they exit with ``code``)."""
         if self._sock is None or self._closed:
@@ -381,6 +387,9 @@ class ZMQWorker(Communicator):
 
     def check_replicas(self, params: np.ndarray, step: int) -> None:
         pass
+
+    def agree_stop(self, stop: bool) -> bool:
+        return False  # the server's stop message (code 0) ends this worker's loop
 
     def _send(self, frames: list[Any], timeout_s: float, what: str) -> None:
         # A DEALER's send blocks while it has no connection to queue on (one whose CURVE

@@ -82,5 +82,6 @@ def windows(sentences: list[Sentence], vocab: list[str], tag_names: list[str], w
         xs.append(window_ids(words, index, w))
         ys.extend(tag_index[tag] for tag in tags)
     x = np.concatenate(xs) if xs else np.zeros((0, 2 * w + 1), dtype=np.int64)
+    # Sentence lengths let entity metrics cut the tokens back into sentences.
     return Dataset(Path(source).stem, x, np.array(ys, dtype=np.int64), list(tag_names), list(vocab),
-                   source=source)
+                   source=source, extra={"sentence_lengths": [len(words) for words, _ in sentences]})

@@ -7,13 +7,26 @@ from __future__ import annotations
 import numpy as np
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic (train, validation) split of range(n), each in increasing order."""
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n_val == 0:
-        n_val = 1
-    perm = np.random.default_rng([seed, 0x5A17]).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+def split_indices(n: int, val_fraction: float, seed: int, labels: np.ndarray | None = None,
+                  salt: int = 0x5A17) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic (kept, held-out) split of range(n), each in increasing order, the
+    held-out part ``val_fraction`` of it. With ``labels``, stratified: each class gives the
+    same fraction (rounded per class), so a rare class is in both parts. ``salt`` draws an
+    independent split (the test split is carved with another one than validation)."""
+    rng = np.random.default_rng([seed, salt])
+    if labels is None:
+        n_val = int(round(n * val_fraction))
+        if val_fraction > 0 and n_val == 0:
+            n_val = 1
+        perm = rng.permutation(n)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = int(round(len(members) * val_fraction))
+        held.append(rng.permutation(members)[:take])
+    out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(n), out), out
 
 
 def slice_bounds(batch: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -63,14 +63,15 @@ def _checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
 
 
 def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndarray],
-                     meta: dict[str, Any], keep: int) -> Path:
+                     meta: dict[str, Any], keep: int, name: str | None = None) -> Path:
     """Write ``arrays`` and ``meta`` as step ``step``; on any failure the previous
-    checkpoints are untouched and the temporary file is removed. Returns the new path."""
+    checkpoints are untouched and the temporary file is removed. Returns the new path.
+    ``name`` (``best.npz``) writes outside the step-numbered series, which is not pruned."""
     directory = Path(directory)
     meta = dict(meta, step=step, format=FORMAT)
     meta["checksum"] = _checksum(arrays, meta)
     payload = dict(arrays, meta=np.array(json.dumps(meta)))
-    final = directory / checkpoint_name(step)
+    final = directory / (name or checkpoint_name(step))
     tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,8 @@ def write_checkpoint(directory: str | Path, step: int, arrays: dict[str, np.ndar
                                   f"already in {directory} are unchanged") from None
         raise
     _fsync_dir(directory)
-    _prune(directory, keep, final)
+    if name is None:
+        _prune(directory, keep, final)
     return final
 
 
@@ -197,8 +199,9 @@ class TrainingState:
 def save_training(directory: str | Path, step: int, *, params: np.ndarray, optimizer: dict[str, Any],
                   scheduler: dict[str, Any], named_shapes: list[tuple[str, tuple[int, ...]]],
                   preprocess: dict[str, Any], vocab: list[str] | None, classes: list[str] | None,
-                  meta: dict[str, Any], keep: int) -> Path:
-    """Write one training checkpoint (``optimizer`` is ``Optimizer.state_dict()``)."""
+                  meta: dict[str, Any], keep: int, name: str | None = None) -> Path:
+    """Write one training checkpoint (``optimizer`` is ``Optimizer.state_dict()``); ``name``
+    as for write_checkpoint."""
     arrays = {"params": params.copy()}
     scalars = {}
     for k, v in optimizer["state"].items():
@@ -214,7 +217,10 @@ def save_training(directory: str | Path, step: int, *, params: np.ndarray, optim
         arrays["classes"] = np.array(classes, dtype=str)
     meta = dict(meta, param_names=[n for n, _ in named_shapes], param_shapes=[list(s) for _, s in named_shapes],
                 optimizer={"scalars": scalars, "param_groups": optimizer["param_groups"]}, scheduler=scheduler)
-    return write_checkpoint(directory, step, arrays, meta, keep)
+    return write_checkpoint(directory, step, arrays, meta, keep, name)
+
+
+BEST = "best.npz"  # checkpoint.keep_best: the best evaluation's checkpoint, beside the last K
 
 
 def check_fits(ckpt: Checkpoint, named_shapes: list[tuple[str, tuple[int, ...]]], params: np.ndarray) -> None:

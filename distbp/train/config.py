@@ -28,7 +28,7 @@ class Field:
     """One config key: its type, default and allowed values."""
 
     kind: str  # "int", "float", "bool", "str", "int_list", "size_list", "float_list", "str_or_int", "mapping",
-    #            "list", "import_path"
+    #            "list", "import_path", "str_list"
     default: Any
     choices: tuple | None = None
     min: float | None = None
@@ -43,6 +43,12 @@ class Field:
 AUTO = "auto"
 # "pkg.module:function", the form of model.factory, data.factory and a model.loss of your own.
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+# What train.metrics may name (computed by distbp.metrics on the validation split); lower is
+# better for the losses and errors, higher for the rest.
+METRIC_NAMES = ("accuracy", "macro_f1", "weighted_f1", "entity_f1", "entity_precision", "entity_recall",
+                "mse", "mae", "r2")
+LOWER_IS_BETTER = {"val_loss", "mse", "mae"}
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "softsign")
 
@@ -80,6 +86,10 @@ SCHEMA: dict[str, Any] = {
         "classes": Field("int", 3, min=2),
         "noise": Field("float", 0.5, min=0.0),
         "val_fraction": Field("float", 0.1, min=0.0, max=1.0, max_open=True),
+        "test_fraction": Field("float", 0.0, min=0.0, max=1.0, max_open=True),
+        "test_path": Field("str", None, nullable=True),
+        "test_labels": Field("str", None, nullable=True),
+        "stratify": Field("bool", False),
         "preprocess": Field("str", "standardize", choices=("none", "center", "standardize", "whiten")),
         "whiten_eps": Field("float", 1e-5, min=0.0, min_open=True),
         "min_count": Field("int", 1, min=1),
@@ -91,6 +101,9 @@ SCHEMA: dict[str, Any] = {
         "eval_every": Field("int", 50, min=1),
         "log_every": Field("int", 10, min=1),
         "progress": Field("str", "auto", choices=("auto", "bar", "plain")),
+        "metrics": Field("str_list", [], choices=METRIC_NAMES),
+        # {metric, patience, mode}: stop when the metric has not improved for `patience` evaluations.
+        "early_stopping": Field("mapping", {}),
     },
     "optimizer": {
         "name": Field("str", "adam", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")),
@@ -132,6 +145,7 @@ SCHEMA: dict[str, Any] = {
     "checkpoint": {
         "every": Field("int", 100, min=1),
         "keep": Field("int", 3, min=1),
+        "keep_best": Field("str", None, nullable=True),
     },
     "run_dir": Field("str", "runs/digits-mlp"),
 }
@@ -139,7 +153,8 @@ SCHEMA: dict[str, Any] = {
 # Keys that change where and how often things are written, not the numbers a run computes;
 # they stay out of the config hash so a run can be resumed with a longer max_steps or another
 # run directory.
-_HASH_EXCLUDED = {"run_dir", "checkpoint", "comm", "train.epochs", "train.max_steps",
+_HASH_EXCLUDED = {"run_dir", "checkpoint", "comm", "train.epochs", "train.max_steps", "train.metrics",
+                  "train.early_stopping", "data.test_path", "data.test_labels",
                   "train.eval_every", "train.log_every", "train.progress"}
 
 
@@ -220,6 +235,13 @@ def _check_value(path: str, f: Field, value: Any) -> Any:
         # A size written `auto` is taken from the data (features in, classes out).
         value = [v if f.kind == "size_list" and v == AUTO else _check_number(f"{path}[{i}]", f, v, item_kind)
                  for i, v in enumerate(value)]
+    elif f.kind == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of names, got {value!r}")
+        for v in value:
+            if f.choices is not None and v not in f.choices:
+                raise ConfigError(f"{path}: {v!r} is not one of {', '.join(f.choices)}" + _suggest(v, f.choices))
+        return list(value)
     elif f.kind == "import_path":
         if not isinstance(value, str) or not IMPORT_PATH.match(value):
             raise ConfigError(f"{path}: expected pkg.module:function, got {value!r}")
@@ -324,6 +346,9 @@ APPLIES: tuple[Applies, ...] = (
     Applies(("data.whiten_eps",), _is("data.preprocess", "whiten"), _named("data.preprocess"),
             "data.preprocess: whiten"),
     Applies(("data.min_count",), _is("data.name", "conll"), _named("data.name"), "data.name: conll"),
+    Applies(("data.test_labels",), _is("data.name", "idx"), _named("data.name"), "data.name: idx"),
+    Applies(("data.stratify",), lambda c: c["data"]["name"] not in ("conll", "custom"), _named("data.name"),
+            "classification data read by distbp (CoNLL is split by sentence)"),
     Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
     Applies(("optimizer.momentum", "optimizer.dampening", "optimizer.nesterov"),
             _is("optimizer.name", "sgd", "momentum"), _named("optimizer.name"), "optimizer.name: sgd or momentum"),
@@ -413,9 +438,51 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
             errors.append(f"{section}.{key}: {section}.{'name' if section == 'data' else 'type'} {kind} needs {what}")
     regression = (data["name"] in ("npz", "csv") and data["task"] == "regression") or \
         (data["name"] == "synthetic" and data["kind"] == "regression")
+    errors += _metric_checks(cfg, regression)
+    if data["test_path"] and data["test_fraction"]:
+        errors.append("data.test_path: give a test file or data.test_fraction, not both")
+    if data["test_path"] and not Path(data["test_path"]).is_file():
+        errors.append(f"data.test_path: no such file: {data['test_path']}")
+    if data["val_fraction"] + data["test_fraction"] >= 1:
+        errors.append(f"data.test_fraction: {data['test_fraction']} with data.val_fraction {data['val_fraction']} "
+                      "leaves nothing for training")
     if regression and model["loss"] in ("cross_entropy", "multi_margin"):
         errors.append(f"model.loss: {model['loss']!r} needs class labels; a regression task uses mse")
     return errors
+
+
+def _metric_checks(cfg: dict[str, Any], regression: bool) -> list[str]:
+    """train.metrics must fit the task; early_stopping must be well formed."""
+    errors = []
+    conll = cfg["data"]["name"] == "conll"
+    fits = {"mse": regression, "mae": regression, "r2": regression, "entity_f1": conll,
+            "entity_precision": conll, "entity_recall": conll}
+    for name in cfg["train"]["metrics"]:
+        if not fits.get(name, not regression):
+            task = "CoNLL data" if name.startswith("entity") else "regression" if name in ("mse", "mae", "r2") \
+                else "classification"
+            errors.append(f"train.metrics: {name} needs {task}")
+    es = cfg["train"]["early_stopping"]
+    if es:
+        unknown = sorted(set(es) - {"metric", "patience", "mode"})
+        if unknown:
+            errors.append(f"train.early_stopping: unknown key {unknown[0]!r}; it takes metric, patience and mode")
+        if not isinstance(es.get("metric"), str):
+            errors.append(f"train.early_stopping.metric: expected the name of a metric, got {es.get('metric')!r}")
+        patience = es.get("patience", 5)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            errors.append(f"train.early_stopping.patience: expected a positive integer, got {patience!r}")
+        if es.get("mode", "auto") not in ("auto", "min", "max"):
+            errors.append(f"train.early_stopping.mode: {es.get('mode')!r} is not one of auto, min, max")
+    # Whether early_stopping.metric and keep_best name a metric the run computes is checked by
+    # the Trainer, which also knows the metrics passed to it as functions.
+    return errors
+
+
+def better(metric: str, mode: str = "auto") -> Callable[[float, float], bool]:
+    """``better(new, best)`` for ``metric``: lower for losses and errors, else higher."""
+    lower = mode == "min" or (mode == "auto" and metric in LOWER_IS_BETTER)
+    return (lambda new, best: new < best) if lower else (lambda new, best: new > best)
 
 
 def resolve(raw: dict[str, Any] | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:

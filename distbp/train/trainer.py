@@ -17,20 +17,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .. import __version__, nn
+from .. import metrics as M
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import Communicator, PeerLost, get_communicator, install_abort_hook, local_world, pin_blas_threads
+from ..comm import (Communicator, PeerLost, ServerStopped, get_communicator, install_abort_hook, local_world,
+                    pin_blas_threads)
 from ..data import (BatchSource, DataInfo, DistributedSampler, Preprocessor, Subset, as_source, data_info,
                     load_data, num_classes, split_indices)
 from ..errors import DistbpError
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler, per_sample_loss
-from .checkpoint import (Checkpoint, CheckpointError, check_fits, checkpoint_name, latest_valid, list_checkpoints,
-                         read_checkpoint, save_training, training_state)
-from .config import ConfigError, config_hash, defaults, dump, load_config, resolve, semantic_diff
+from .checkpoint import (BEST, Checkpoint, CheckpointError, check_fits, checkpoint_name, latest_valid,
+                         list_checkpoints, read_checkpoint, save_training, training_state)
+from .config import ConfigError, better, config_hash, defaults, dump, load_config, resolve, semantic_diff
 from .factory import call_factory, import_object
 from .metrics import MetricsFile, RunLog
 
@@ -77,6 +79,7 @@ class _Data:
     preprocessor: Preprocessor
     vocab: list[str] | None
     classes: list[str] | None
+    test: BatchSource | None = None
 
 
 @dataclass
@@ -97,6 +100,10 @@ class _Run:
     dropouts: list[nn.Dropout]
     loss: float | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
+    # keep_best's best value; early stopping's best value and evaluations since it improved
+    # (in the checkpoint's meta, so that a resumed run decides as the uninterrupted one).
+    tracking: dict[str, Any] = field(default_factory=dict)
+    stop_early: bool = False
     log_time: float = 0.0
     samples_since_log: int = 0
 
@@ -114,14 +121,17 @@ def is_classification(val: BatchSource, y: np.ndarray, out: Tensor) -> bool:
 
 @no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, val: BatchSource, metrics: Mapping[str, Metric] | None = None,
-             dtype: Any = np.float32) -> dict[str, Any]:
-    """Mean validation loss, accuracy for classification, and each of ``metrics`` on all of
-    ``val`` (read EVAL_BATCH samples at a time, dropout off)."""
+             dtype: Any = np.float32, names: Sequence[str] = (), report: bool = False) -> dict[str, Any]:
+    """Mean validation loss, accuracy for classification, the ``names`` of distbp.metrics
+    (train.metrics), and each of ``metrics`` (your functions) on all of ``val``, read
+    EVAL_BATCH samples at a time with dropout off. ``report``: also the whole report that
+    distbp-eval writes (per class, confusion, per entity type)."""
     model.eval()
     n = len(val)
     total_loss, correct, classify = 0.0, 0, False
     outputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    keep = bool(metrics or names or report)
     try:
         for lo in range(0, n, EVAL_BATCH):
             x, y = val.batch(np.arange(lo, min(lo + EVAL_BATCH, n)))
@@ -131,18 +141,43 @@ def evaluate(model: nn.Module, loss_fn: LossFn, val: BatchSource, metrics: Mappi
             classify = is_classification(val, y, out)
             if classify:
                 correct += int((out.data.argmax(axis=1) == y).sum())
-            if metrics:
+            if keep:
                 outputs.append(out.data.copy())
                 targets.append(y)
     finally:
         model.train()
     record: dict[str, Any] = {"val_loss": total_loss / n, "val_accuracy": correct / n if classify else None}
+    if keep:
+        out_all, y_all = np.concatenate(outputs), np.concatenate(targets)
+        record.update(task_metrics(out_all, y_all, val, names, report, classify))
     for name, fn in (metrics or {}).items():
         try:
-            record[name] = float(fn(np.concatenate(outputs), np.concatenate(targets)))
+            record[name] = float(fn(out_all, y_all))
         except Exception as e:
             raise TrainingError(f"metric {name!r} raised {type(e).__name__}: {e}") from None
     return record
+
+
+def task_metrics(out: np.ndarray, y: np.ndarray, data: BatchSource, names: Sequence[str], report: bool,
+                 classify: bool) -> dict[str, Any]:
+    """distbp.metrics of outputs ``out`` against targets ``y``: those ``names`` asks for, or
+    with ``report`` everything the task has (classification; CoNLL adds entities, cut back
+    into sentences by the data's sentence lengths; regression)."""
+    result: dict[str, Any] = {}
+    if classify:
+        k = out.shape[1]
+        classes = getattr(data, "classes", None) or [str(c) for c in range(k)]
+        full = M.classify(y, out.argmax(axis=1), list(classes))
+        lengths = getattr(data, "extra", {}).get("sentence_lengths") if hasattr(data, "extra") else None
+        if lengths and (report or any(n.startswith("entity_") for n in names)):
+            names_arr = np.asarray(classes)
+            cuts = np.cumsum(lengths)[:-1]
+            gold = [list(s) for s in np.split(names_arr[y], cuts)]
+            pred = [list(s) for s in np.split(names_arr[out.argmax(axis=1)], cuts)]
+            full.update(M.entity_metrics(gold, pred))
+    else:
+        full = M.regression_metrics(y, out)
+    return full if report else {n: full[n] for n in names if n in full}
 
 
 def _same_preprocessing(saved: dict[str, np.ndarray], pre: Preprocessor) -> bool:
@@ -258,6 +293,7 @@ class Trainer:
         model, loss_fn = self._model(data.info), self._loss(data.info)
         opt = build_optimizer(cfg, model)
         self._check_model(model, loss_fn, data)
+        self._check_metric_names(data)
         self._signature = self._objects_signature(model, data)
         self.hash = config_hash(cfg, self._signature)
         # Agree on config and model before anything is written; a parameter server assigns
@@ -284,6 +320,8 @@ class Trainer:
         dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
         run = _Run(data, model, loss_fn, opt, sched, sampler, total, start, ckpt.path if ckpt else None,
                    None, None, dropouts)
+        if ckpt is not None:
+            run.tracking = dict(ckpt.meta.get("tracking") or {})
         if comm.is_coordinator:
             self._open_run_dir(run, ckpt is not None, threads, processes)
         return run
@@ -300,7 +338,7 @@ class Trainer:
         splits = load_data(cfg["data"], cfg["seed"], cfg["model"]["window"])
         val = splits.val if len(splits.val) else None
         return _Data(splits.train, val, data_info(splits.train), splits.preprocessor, splits.train.vocab,
-                     splits.train.classes)
+                     splits.train.classes, splits.test)
 
     def _factory_data(self) -> _Data:
         d = self.cfg["data"]
@@ -363,6 +401,18 @@ class Trainer:
                                   f"but the data has {what}; model.loss {m['loss']} needs "
                                   f"({len(x)}, {data.info.targets})")
             loss_fn(out, np.asarray(y), 1.0)
+
+    def _check_metric_names(self, data: _Data) -> None:
+        """checkpoint.keep_best and train.early_stopping.metric must name what evaluation computes."""
+        known = {"val_loss"} | ({"val_accuracy"} if data.info.classes is not None else set()) \
+            | set(self.cfg["train"]["metrics"]) | set(self.metrics)
+        for key, name in (("checkpoint.keep_best", self.cfg["checkpoint"]["keep_best"]),
+                          ("train.early_stopping.metric", self.cfg["train"]["early_stopping"].get("metric"))):
+            if name is not None and name not in known:
+                raise ConfigError(f"{key}: {name!r} is not computed by this run; choose one of "
+                                  f"{', '.join(sorted(known))} (or add it to train.metrics)")
+            if name is not None and data.val is None:
+                raise ConfigError(f"{key}: the run has no validation data to compute {name} on")
 
     def _replaced_keys(self) -> list[str]:
         """The config keys that objects passed in stand in for (config.yaml leaves them out)."""
@@ -473,10 +523,15 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         run.log_time = time.perf_counter()
         try:
-            while run.step < run.total:
+            while run.step < run.total and not run.stop_early:
                 stats, batch = self._train_step(run.step, run)
                 if self._finish_step(run, stats, batch):
                     raise Interrupted(self._signal, run.step, run.checkpoint if self.comm.is_coordinator else None)
+            if self.comm.is_coordinator and run.data.test is not None:
+                self._test(run)
+        except ServerStopped as e:
+            if e.code != 0:  # 0: the server ended the job normally (early stopping)
+                raise
         except PeerLost:
             # A lost worker (or server) ends the job; the coordinator keeps the last finished step.
             if self.comm.is_coordinator and (run.checkpoint is None or
@@ -516,12 +571,17 @@ class Trainer:
             self.comm.check_replicas(run.opt.flat.data, step)
         if step % self.cfg["train"]["log_every"] == 0 or is_last:
             self._log_step(run)
+        evaluating = (step % self.cfg["train"]["eval_every"] == 0 or is_last) and run.data.val is not None
         if self.comm.is_coordinator:
             run.log.advance(1)
-            if (step % self.cfg["train"]["eval_every"] == 0 or is_last) and run.data.val is not None:
+            if evaluating:
                 self._evaluate(run)
-            if step % self.cfg["checkpoint"]["every"] == 0 or is_last or stop:
-                run.checkpoint = self._save(run)
+        if evaluating and self.cfg["train"]["early_stopping"] and not is_last:
+            # Only the coordinator evaluates: every process learns its decision here.
+            run.stop_early = self.comm.agree_stop(run.stop_early)
+        if self.comm.is_coordinator and (step % self.cfg["checkpoint"]["every"] == 0 or is_last or stop
+                                         or run.stop_early):
+            run.checkpoint = self._save(run)
         return stop and not is_last
 
     def _log_step(self, run: _Run) -> None:
@@ -539,10 +599,45 @@ class Trainer:
         run.log_time, run.samples_since_log = time.perf_counter(), 0
 
     def _evaluate(self, run: _Run) -> None:
-        run.evaluation = evaluate(run.model, run.loss_fn, run.data.val, self.metrics, run.opt.flat.data.dtype)
+        run.evaluation = evaluate(run.model, run.loss_fn, run.data.val, self.metrics, run.opt.flat.data.dtype,
+                                  self.cfg["train"]["metrics"])
         run.metrics.write({"step": run.step, **run.evaluation})
         shown = " ".join(f"{k} {v:.4f}" for k, v in run.evaluation.items() if v is not None)
         run.log.info(f"eval step {run.step}: {shown}")
+        self._track(run)
+
+    def _track(self, run: _Run) -> None:
+        """checkpoint.keep_best (best.npz when the metric improves) and early stopping."""
+        t, ev = run.tracking, run.evaluation
+        name = self.cfg["checkpoint"]["keep_best"]
+        if name is not None and ev.get(name) is not None:
+            if "best" not in t or better(name)(ev[name], t["best"]):
+                t["best"], t["best_step"] = ev[name], run.step
+                self._save(run, name=BEST)
+                run.log.info(f"best {name} {ev[name]:.4f} at step {run.step}: {self.run_dir / 'checkpoints' / BEST}")
+        es = self.cfg["train"]["early_stopping"]
+        if es and ev.get(es["metric"]) is not None:
+            value = ev[es["metric"]]
+            if "es_best" not in t or better(es["metric"], es.get("mode", "auto"))(value, t["es_best"]):
+                t["es_best"], t["es_step"], t["es_since"] = value, run.step, 0
+            else:
+                t["es_since"] += 1
+            if t["es_since"] >= es.get("patience", 5):
+                run.stop_early = True
+                run.log.info(f"early stopping at step {run.step}: {es['metric']} has not improved for "
+                             f"{t['es_since']} evaluations (best {t['es_best']:.4f} at step {t['es_step']})")
+
+    def _test(self, run: _Run) -> None:
+        """The test split (data.test_path or data.test_fraction), evaluated once at the end into
+        RUN/test_metrics.json."""
+        report = evaluate(run.model, run.loss_fn, run.data.test, None, run.opt.flat.data.dtype, report=True)
+        report.pop("val_accuracy")  # "accuracy" holds it, as in distbp-eval's report
+        report = {"step": run.step, "samples": len(run.data.test), "loss": report.pop("val_loss"), **report}
+        (self.run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        shown = " ".join(f"{k} {report[k]:.4f}" for k in ("loss", "accuracy", "macro_f1", "entity_f1", "mse", "r2")
+                         if isinstance(report.get(k), float))
+        run.log.info(f"test ({len(run.data.test)} samples): {shown}; "
+                     f"{self.run_dir / 'test_metrics.json'}")
 
     def _train_step(self, step: int, run: _Run) -> tuple[np.ndarray, int]:
         """Forward and backward on this worker's slice, the step's exchange, optimizer step.
@@ -591,7 +686,7 @@ class Trainer:
                                     "lower optimizer.lr or check the data")
         raise TrainingError(f"non-finite gradient at step {step}")
 
-    def _save(self, run: _Run) -> Path:
+    def _save(self, run: _Run, name: str | None = None) -> Path:
         epoch, position = run.sampler.position(run.step)
         meta = {
             "epoch": epoch, "position": position, "world_size": self.comm.size,
@@ -605,12 +700,13 @@ class Trainer:
             # were objects passed in rather than built from the config.
             "data_info": dataclasses.asdict(run.data.info),
             "objects": self._signature,
+            "tracking": dict(run.tracking),
         }
         return save_training(self.run_dir / "checkpoints", run.step, params=run.opt.flat.data,
                              optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
                              named_shapes=[(n, p.shape) for n, p in run.model.named_parameters()],
                              preprocess=run.data.preprocessor.state(), vocab=run.data.vocab,
-                             classes=run.data.classes, meta=meta, keep=self.cfg["checkpoint"]["keep"])
+                             classes=run.data.classes, meta=meta, keep=self.cfg["checkpoint"]["keep"], name=name)
 
     # -- signals --------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
