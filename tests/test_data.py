@@ -106,8 +106,10 @@ def test_npz_object_array_is_rejected(tmp_path):
 def test_npz_not_a_zip(tmp_path):
     p = tmp_path / "junk.npz"
     p.write_text("hello, this is not a zip file\n")
-    with pytest.raises(DataError, match=r"junk\.npz: not a readable \.npz file"):
+    with pytest.raises(DataError) as e:
         loaders.load_npz(str(p))
+    assert str(e.value) == (f"{p}: not an .npz file (an .npz is a zip archive of .npy arrays; this file starts "
+                            "with b'hello, this is n')")
 
 
 def test_npz_nan_named(tmp_path):
@@ -133,8 +135,11 @@ def test_npz_non_numeric_and_length_mismatch(tmp_path):
 def test_npz_fractional_labels(tmp_path):
     p = tmp_path / "f.npz"
     np.savez(p, x=np.ones((3, 2)), y=np.array([0.5, 1.0, 2.0]))
-    with pytest.raises(DataError, match="class labels must be integers or names"):
+    with pytest.raises(DataError) as e:
         loaders.load_npz(str(p))
+    assert str(e.value) == (f"{p} (y): the label column holds real numbers (3 distinct values, such as 0.5), not "
+                            "class labels; set data.label to the column of class labels, or data.task: regression "
+                            "to predict the numbers")
 
 
 def test_npz_missing_file(tmp_path):
@@ -602,3 +607,59 @@ def test_npz_two_column_labels(tmp_path):
         loaders.load_npz(str(p))
     d = loaders.load_npz(str(p), task="regression")
     assert d.y.shape == (3, 2)
+
+
+# -- problems found by trying real files ------------------------------------------------------
+
+def test_an_empty_label_cell_is_named_by_line(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,label\n1,2,x\n3,4,\n5,6,y\n")
+    with pytest.raises(DataError) as e:
+        loaders.load_csv(str(p))
+    assert str(e.value) == f"{p}:3: the label column label is empty"
+
+
+def test_a_real_valued_last_column_says_to_set_label_or_regression(tmp_path):
+    p = tmp_path / "d.csv"
+    rng = np.random.default_rng(0)
+    p.write_text("a,b,price\n" + "".join(f"{i},{i * 2},{v:.6f}\n" for i, v in enumerate(rng.uniform(0, 9, 535))))
+    with pytest.raises(DataError) as e:
+        loaders.load_csv(str(p))
+    assert str(e.value).startswith(f"{p}: the label column holds real numbers (535 distinct values, such as ")
+    assert str(e.value).endswith("; set data.label to the column of class labels, or data.task: regression to "
+                                 "predict the numbers")
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", ","])
+def test_the_delimiter_is_detected(tmp_path, delimiter):
+    p = tmp_path / "d.csv"
+    p.write_text(delimiter.join(["a", "b", "label"]) + "\n" + "".join(
+        delimiter.join([f"{i}.5", f"{-i}", "yes" if i % 2 else "no"]) + "\n" for i in range(10)))
+    d = loaders.load_csv(str(p))
+    assert d.x.shape == (10, 2) and d.classes == ["no", "yes"] and d.x[3].tolist() == [3.5, -3.0]
+    assert loaders.load_csv(str(p), delimiter=delimiter).x.shape == (10, 2)
+
+
+def test_a_relative_data_path_names_the_directory_it_was_resolved_against(tmp_path, monkeypatch):
+    from distbp.train import ConfigError, resolve
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        resolve(None, ["data.name=csv", "data.path=data/train.csv"])
+    assert str(e.value) == f"data.path: no such file: data/train.csv (relative to the working directory {tmp_path})"
+
+
+def test_swapped_conll_columns_are_caught(tmp_path):
+    from distbp.data.conll import read_conll
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    lines = []
+    for _ in range(60):
+        lines += [f"{rng.choice(['O', 'B-PER', 'I-PER'])} {rng.choice(words)}" for _ in range(8)] + [""]
+    p = tmp_path / "swapped.conll"
+    p.write_text("\n".join(lines))
+    with pytest.raises(DataError) as e:
+        read_conll(str(p))
+    assert str(e.value).startswith(f"{p}:1: the last column, which distbp reads as the tag, has ")
+    assert str(e.value).endswith("it holds words, not tags; put the word first and the tag last on each line")
+    (tmp_path / "right.conll").write_text("\n".join(" ".join(reversed(x.split())) for x in lines))
+    assert len(read_conll(str(tmp_path / "right.conll"))) == 60

@@ -45,7 +45,7 @@ def _read(cfg: Mapping[str, Any], seed: int) -> Dataset:
     if name == "npz":
         return loaders.load_npz(cfg["path"], cfg.get("x_key", "x"), cfg.get("y_key", "y"), task)
     if name == "csv":
-        return loaders.load_csv(cfg["path"], cfg.get("label"), task)
+        return loaders.load_csv(cfg["path"], cfg.get("label"), task, cfg.get("delimiter", "auto"))
     if name == "idx":
         if not cfg.get("labels"):
             raise DataError("data.labels: the idx data set needs the path of its label file")

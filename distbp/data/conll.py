@@ -48,7 +48,20 @@ def read_conll(path: str) -> list[Sentence]:
         sentences.append((words, tags))
     if not sentences:
         raise DataError(f"{p}: no sentences found")
+    _check_tag_column(p, sentences, lines)
     return sentences
+
+
+def _check_tag_column(p: Path, sentences: list[Sentence], lines: list[str]) -> None:
+    """A last column with more distinct values than the first, and more than any tag set
+    has (CoNLL's NER has 9, the Penn POS tags 45), holds words: the columns are swapped."""
+    tags = {t for _, ts in sentences for t in ts}
+    if len(tags) <= 100 or len(tags) <= len({w for ws, _ in sentences for w in ws}):
+        return
+    first = next(i for i, line in enumerate(lines, 1) if line.split() and line.split()[0] != "-DOCSTART-")
+    raise DataError(f"{p}:{first}: the last column, which distbp reads as the tag, has {len(tags):,} distinct values, "
+                    f"more than the first column (such as {lines[first - 1].split()[-1]!r}): it holds words, not "
+                    "tags; put the word first and the tag last on each line")
 
 
 def normalize(word: str) -> str:

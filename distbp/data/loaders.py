@@ -7,6 +7,7 @@ import csv
 import gzip
 import math
 import os
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def _labels_to_classes(raw: list[str] | np.ndarray, what: str) -> tuple[np.ndarr
     labels = np.asarray(raw)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise DataError(f"{what}: class labels must be integers or names, found {labels[~(labels == np.round(labels))][:1]}")
+            raise DataError(_real_labels(what, labels))
         labels = labels.astype(np.int64)
     if labels.dtype.kind in "iu":
         names, y = np.unique(labels, return_inverse=True)
@@ -29,13 +30,20 @@ def _labels_to_classes(raw: list[str] | np.ndarray, what: str) -> tuple[np.ndarr
     text = [str(v) for v in labels]
     try:
         numeric = [float(v) for v in text]
-        if all(v == round(v) for v in numeric):
-            return _labels_to_classes(np.asarray(numeric), what)
     except ValueError:
-        pass
+        numeric = None
+    if numeric is not None:
+        return _labels_to_classes(np.asarray(numeric), what)  # integral: classes; real: refused
     names = sorted(set(text))
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[v] for v in text], dtype=np.int64), names
+
+
+def _real_labels(what: str, labels: np.ndarray) -> str:
+    bad = labels[~np.isfinite(labels) | (labels != np.round(labels))]
+    return (f"{what}: the label column holds real numbers ({len(np.unique(labels))} distinct values, such as "
+            f"{bad[0]:g}), not class labels; set data.label to the column of class labels, or data.task: "
+            "regression to predict the numbers")
 
 
 def _exists(path: str | os.PathLike, key: str) -> Path:
@@ -60,6 +68,11 @@ def load_digits() -> Dataset:
 def load_npz(path: str, x_key: str = "x", y_key: str = "y", task: str = "classification") -> Dataset:
     """Arrays ``x_key`` (n, ...) and ``y_key`` (n,) from an .npz file, never unpickling."""
     p = _exists(path, "data.path")
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(16)
+        raise DataError(f"{p}: not an .npz file (an .npz is a zip archive of .npy arrays; this file starts with "
+                        f"{head!r})")
     try:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in (x_key, y_key) if k not in f.files]
@@ -89,14 +102,36 @@ def load_npz(path: str, x_key: str = "x", y_key: str = "y", task: str = "classif
     return Dataset(p.stem, x, yi, classes, source=str(p))
 
 
-def load_csv(path: str, label: str | int | None = None, task: str = "classification") -> Dataset:
+def sniff_delimiter(path: Path, delimiter: str = "auto") -> str:
+    """``delimiter``, or with "auto" the one of , ; tab | that splits the first lines into the
+    most columns, equally many on each line."""
+    if delimiter != "auto":
+        return delimiter
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = [line for line in (f.readline() for _ in range(20)) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    best, width = ",", 1
+    for d in (",", ";", "\t", "|"):
+        counts = {len(r) for r in csv.reader(lines, delimiter=d)}
+        if len(counts) == 1 and (n := counts.pop()) > width:
+            best, width = d, n
+    return best
+
+
+def load_csv(path: str, label: str | int | None = None, task: str = "classification",
+             delimiter: str = "auto") -> Dataset:
     """A CSV of numbers with an optional header row (detected: a first row that is not all
-    numbers is a header). ``label`` is the label column's header name or index; by default
-    the last column. Ragged rows and non-numeric values are named by line."""
+    numbers is a header), its delimiter , ; tab or | (detected with "auto"). ``label`` is the
+    label column's header name or index; by default the last column. Ragged rows,
+    non-numeric values and empty labels are named by line."""
     p = _exists(path, "data.path")
+    delimiter = sniff_delimiter(p, delimiter)
     try:
         with open(p, newline="", encoding="utf-8") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
+            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter=delimiter), start=1)
+                    if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not a UTF-8 text file ({e.reason})") from None
     if not rows:
@@ -145,6 +180,9 @@ def load_csv(path: str, label: str | int | None = None, task: str = "classificat
                 name = header[c] if header else f"#{c}"
                 raise DataError(f"{p}:{line}: column {name}: {r[c]!r} (NaN or infinite values are not allowed)")
         labels.append(r[col].strip())
+        if not labels[-1]:
+            name = header[col] if header else f"#{col}"
+            raise DataError(f"{p}:{line}: the label column {name} is empty")
         try:
             bad_label = not math.isfinite(float(labels[-1]))
         except ValueError:

@@ -17,7 +17,7 @@ from typing import IO, Iterator, Sequence
 import numpy as np
 
 from .dataset import DataError
-from .loaders import _IDX_DTYPES, read_idx
+from .loaders import _IDX_DTYPES, read_idx, sniff_delimiter
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _numeric(cells: Sequence[str]) -> bool:
         return False
 
 
-def csv_rows(path: Path, features: int, label: str | int | None, chunk: int) -> Iterator[Rows]:
+def csv_rows(path: Path, features: int, label: str | int | None, chunk: int, delimiter: str = "auto") -> Iterator[Rows]:
     """A CSV like the training file: an optional header; ``features`` feature columns, and
     optionally the label column (``label``: its name or index, by default the last)."""
     try:
@@ -58,7 +58,7 @@ def csv_rows(path: Path, features: int, label: str | int | None, chunk: int) -> 
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     with f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, delimiter=sniff_delimiter(path, delimiter))
         header, col, width = None, None, None
         xs: list[list[float]] = []
         labels: list[str] = []

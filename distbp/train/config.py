@@ -77,6 +77,7 @@ SCHEMA: dict[str, Any] = {
         "path": Field("str", None, nullable=True),
         "labels": Field("str", None, nullable=True),
         "label": Field("str_or_int", None, nullable=True),
+        "delimiter": Field("str", "auto", choices=("auto", ",", ";", "\t", "|")),
         "x_key": Field("str", "x"),
         "y_key": Field("str", "y"),
         "task": Field("str", "classification", choices=("classification", "regression")),
@@ -333,7 +334,7 @@ APPLIES: tuple[Applies, ...] = (
     Applies(("model.margin",), _is("model.loss", "multi_margin"), _named("model.loss"), "model.loss: multi_margin"),
     Applies(("data.path",), _is("data.name", *_FILES), _named("data.name"), "a data set read from a file"),
     Applies(("data.labels",), _is("data.name", "idx"), _named("data.name"), "data.name: idx"),
-    Applies(("data.label",), _is("data.name", "csv"), _named("data.name"), "data.name: csv"),
+    Applies(("data.label", "data.delimiter"), _is("data.name", "csv"), _named("data.name"), "data.name: csv"),
     Applies(("data.x_key", "data.y_key"), _is("data.name", "npz"), _named("data.name"), "data.name: npz"),
     Applies(("data.task",), _is("data.name", "npz", "csv"), _named("data.name"), "data.name: npz or csv"),
     Applies(("data.kind", "data.samples", "data.classes", "data.noise"), _is("data.name", "synthetic"),
@@ -413,6 +414,12 @@ def _fill_variant_defaults(cfg: dict[str, Any]) -> list[str]:
     return []
 
 
+def _where(path: str) -> str:
+    """A missing path as the message shows it: a relative one with the directory it was
+    resolved against."""
+    return path if Path(path).is_absolute() else f"{path} (relative to the working directory {Path.cwd()})"
+
+
 def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     errors = []
     data, model = cfg["data"], cfg["model"]
@@ -420,9 +427,9 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
         if not data["path"]:
             errors.append(f"data.path: the {data['name']} data set needs a file path")
         elif not Path(data["path"]).is_file():
-            errors.append(f"data.path: no such file: {data['path']}")
+            errors.append(f"data.path: no such file: {_where(data['path'])}")
     if data["name"] == "idx" and data["labels"] and not Path(data["labels"]).is_file():
-        errors.append(f"data.labels: no such file: {data['labels']}")
+        errors.append(f"data.labels: no such file: {_where(data['labels'])}")
     if data["name"] == "idx" and not data["labels"]:
         errors.append("data.labels: the idx data set needs the path of its label file")
     if (model["type"] == "window" and data["name"] != "conll") or (model["type"] == "mlp" and data["name"] == "conll"):
@@ -442,7 +449,7 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     if data["test_path"] and data["test_fraction"]:
         errors.append("data.test_path: give a test file or data.test_fraction, not both")
     if data["test_path"] and not Path(data["test_path"]).is_file():
-        errors.append(f"data.test_path: no such file: {data['test_path']}")
+        errors.append(f"data.test_path: no such file: {_where(data['test_path'])}")
     if data["val_fraction"] + data["test_fraction"] >= 1:
         errors.append(f"data.test_fraction: {data['test_fraction']} with data.val_fraction {data['val_fraction']} "
                       "leaves nothing for training")

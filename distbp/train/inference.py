@@ -29,7 +29,7 @@ def _rows(p: Predictor, path: Path, chunk: int, labels: Path | None = None) -> t
             raise PredictError(f"{path}: a CoNLL file, but this model takes {p.info.features} numeric features")
         return kind, stream.conll_sentences(path, chunk)
     if kind == "csv":
-        return kind, stream.csv_rows(path, p.info.features, d.get("label"), chunk)
+        return kind, stream.csv_rows(path, p.info.features, d.get("label"), chunk, d.get("delimiter", "auto"))
     if kind == "npz":
         return kind, stream.npz_rows(path, d.get("x_key", "x"), d.get("y_key", "y"), chunk)
     if kind == "idx":
