@@ -205,6 +205,13 @@ def build_optimizer(cfg: dict[str, Any], model: nn.Module) -> optim.Optimizer:
     if wd > 0 and not o["decay_biases"]:
         # The course notes regularize weights, not biases: two groups, each with its own decay.
         params = optim.split_decay(model.named_parameters(), wd)
+    frozen = [p for name, p in model.named_parameters() if name in frozen_parameters(cfg)]
+    if frozen:
+        # A group of its own with lr 0 and no decay: no optimizer moves it, whatever its state.
+        groups = params if isinstance(params, list) and params and isinstance(params[0], dict) else [{"params": list(params)}]
+        ids = {id(p) for p in frozen}
+        params = [dict(g, params=[p for p in g["params"] if id(p) not in ids]) for g in groups]
+        params.append({"params": frozen, "lr": 0.0, "weight_decay": 0.0})
     eps = o["eps"]
     if name in ("sgd", "momentum"):  # "momentum" is sgd whose momentum defaults to 0.9
         return optim.SGD(params, lr=lr, momentum=o["momentum"], dampening=o["dampening"], nesterov=o["nesterov"],
@@ -215,6 +222,12 @@ def build_optimizer(cfg: dict[str, Any], model: nn.Module) -> optim.Optimizer:
         return optim.RMSProp(params, lr=lr, alpha=o["alpha"], eps=1e-8 if eps is None else eps, weight_decay=wd)
     cls = optim.Adam if name == "adam" else optim.AdamW
     return cls(params, lr=lr, betas=tuple(o["betas"]), eps=1e-8 if eps is None else eps, weight_decay=wd)
+
+
+def frozen_parameters(cfg: dict[str, Any]) -> set[str]:
+    """Names of the parameters the config freezes (the window model's pretrained vectors)."""
+    m = cfg["model"]
+    return {"embed.weight"} if m["type"] == "window" and m["freeze_embeddings"] else set()
 
 
 def build_scheduler(cfg: dict[str, Any], opt: optim.Optimizer, total_steps: int):

@@ -69,6 +69,8 @@ SCHEMA: dict[str, Any] = {
         "embed_dim": Field("int", 50, min=1),
         "window": Field("int", 2, min=0),
         "hidden": Field("int", 100, min=1),
+        "embeddings": Field("str", None, nullable=True),
+        "freeze_embeddings": Field("bool", False),
     },
     "data": {
         "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll", "custom")),
@@ -323,8 +325,8 @@ APPLIES: tuple[Applies, ...] = (
             _named("model.type"), "model.type: mlp"),
     Applies(("model.activation", "model.init"), _is("model.type", "mlp", "window", "sequential"),
             _named("model.type"), "a built-in model.type"),
-    Applies(("model.embed_dim", "model.hidden"), _is("model.type", "window"), _named("model.type"),
-            "model.type: window"),
+    Applies(("model.embed_dim", "model.hidden", "model.embeddings", "model.freeze_embeddings"),
+            _is("model.type", "window"), _named("model.type"), "model.type: window"),
     Applies(("model.window",), lambda c: c["model"]["type"] == "window" or c["data"]["name"] == "conll",
             lambda c: f"model.type: {c['model']['type']} on data.name: {c['data']['name']}",
             "the window model or CoNLL data"),
@@ -446,6 +448,10 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     regression = (data["name"] in ("npz", "csv") and data["task"] == "regression") or \
         (data["name"] == "synthetic" and data["kind"] == "regression")
     errors += _metric_checks(cfg, regression)
+    if model["embeddings"] and not Path(model["embeddings"]).is_file():
+        errors.append(f"model.embeddings: no such file: {_where(model['embeddings'])}")
+    if model["freeze_embeddings"] and not model["embeddings"]:
+        errors.append("model.freeze_embeddings: freezes pretrained vectors; set model.embeddings to their file")
     if data["test_path"] and data["test_fraction"]:
         errors.append("data.test_path: give a test file or data.test_fraction, not both")
     if data["test_path"] and not Path(data["test_path"]).is_file():

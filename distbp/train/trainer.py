@@ -233,6 +233,7 @@ class Trainer:
         self.hash = config_hash(cfg)
         self._signal: int | None = None
         self._warnings: list[str] = []
+        self._notes: list[str] = []  # facts of the set-up the log reports
 
     @staticmethod
     def _check_objects(model: Any, loss_fn: Any, train_data: Any, val_data: Any, metrics: Any) -> None:
@@ -290,7 +291,7 @@ class Trainer:
         cfg, comm, tc = self.cfg, self.comm, self.cfg["train"]
         threads = pin_blas_threads(cfg["comm"]["threads"], local_world()[0])
         data = self._data()
-        model, loss_fn = self._model(data.info), self._loss(data.info)
+        model, loss_fn = self._model(data.info, data.vocab), self._loss(data.info)
         opt = build_optimizer(cfg, model)
         self._check_model(model, loss_fn, data)
         self._check_metric_names(data)
@@ -362,8 +363,21 @@ class Trainer:
         return _Data(train, val, data_info(train), Preprocessor("none"), vocab,
                      list(classes) if isinstance(classes, (list, tuple)) else None)
 
-    def _model(self, info: DataInfo) -> nn.Module:
-        return self.model if self.model is not None else build_model(self.cfg, info)
+    def _model(self, info: DataInfo, vocab: list[str] | None = None) -> nn.Module:
+        if self.model is not None:
+            return self.model
+        model = build_model(self.cfg, info)
+        path = self.cfg["model"].get("embeddings")
+        if path and vocab is not None:
+            from ..data.embeddings import read_vectors
+
+            vectors, found = read_vectors(path, vocab, self.cfg["model"]["embed_dim"])
+            weight = model.embed.weight.data
+            weight[found] = vectors[found]  # words the file lacks keep their initial vectors
+            self._notes.append(f"embeddings: {int(found.sum()):,} of {len(vocab):,} vocabulary words "
+                               f"({found.mean():.1%}) found in {path}"
+                               + ("; frozen" if self.cfg["model"]["freeze_embeddings"] else ""))
+        return model
 
     def _loss(self, info: DataInfo) -> LossFn:
         if self.loss_fn is not None:
@@ -507,6 +521,8 @@ class Trainer:
         self.comm.log_to(log.info)
         for w in self._warnings:
             log.info(f"warning: {w}")
+        for note in self._notes:
+            log.info(note)
         data = run.data
         log.info(f"distbp {__version__}: {run.model.num_parameters():,} parameters, {len(data.train):,} training "
                  f"and {len(data.val or []):,} validation samples, {self.comm.size} worker(s), global batch "
