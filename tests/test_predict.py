@@ -233,3 +233,14 @@ def test_load_names_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="no checkpoint that verifies"):
         distbp.load(tmp_path / "empty")
+
+
+def test_a_file_of_another_vocabulary_is_named(ner_run, tmp_path, capsys):
+    other = tmp_path / "other.conll"
+    other.write_text("".join(f"zzword{i} O\n" + ("\n" if i % 5 == 4 else "") for i in range(40)))
+    for main, args in ((cli.eval_main, ["--data", str(other)]), (cli.predict_main, [str(other)])):
+        assert main([str(ner_run), *args]) == 1
+        err = capsys.readouterr().err
+        assert err.endswith(f"{other}: none of its first 40 words is in the model's vocabulary of "
+                            f"{len(distbp.load(ner_run).vocab):,}; was it made with another vocabulary "
+                            "(language, tokenization)?\n"), err

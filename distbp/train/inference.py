@@ -37,6 +37,15 @@ def _rows(p: Predictor, path: Path, chunk: int, labels: Path | None = None) -> t
     raise PredictError(f"{path}: cannot tell its format; name it .csv, .npz or .conll")
 
 
+def _check_vocabulary(p: Predictor, sentences: list[list[list[str]]], path: Path) -> None:
+    """Words map to <unk> when the model never saw them, as in training; but a file of which
+    not one word is known was made with another vocabulary (language, casing, tokenization)."""
+    words = [fields[0] for s in sentences for fields in s]
+    if len(words) >= 20 and not (p.windows(words)[:, (p.info.shape[0] - 1) // 2] != 0).any():
+        raise PredictError(f"{path}: none of its first {len(words):,} words is in the model's vocabulary of "
+                           f"{len(p.vocab):,}; was it made with another vocabulary (language, tokenization)?")
+
+
 def _bar(total: int | None, unit: str, show: bool):
     from tqdm import tqdm
 
@@ -57,7 +66,9 @@ def predict_file(p: Predictor, path: Path, out: Path | None, proba: bool, chunk:
         raise PredictError(f"-o {out}: that is the input file")
     if kind == "conll":
         with open(out, "w", encoding="utf-8") as f, _bar(None, "sentence", progress) as bar:
-            for rows in chunks:
+            for i, rows in enumerate(chunks):
+                if i == 0:
+                    _check_vocabulary(p, rows.sentences, path)
                 tags = p.tag([[fields[0] for fields in s] for s in rows.sentences])
                 for sentence, predicted in zip(rows.sentences, tags):
                     f.write("".join(" ".join([*fields, t]) + "\n" for fields, t in zip(sentence, predicted)) + "\n")
@@ -158,7 +169,9 @@ def _evaluate_conll(p: Predictor, path: Path, chunks: Iterator[stream.Rows], pro
     confusion = np.zeros((k, k), dtype=np.int64)
     gold_all, pred_all = [], []
     with _bar(None, "sentence", progress) as bar:
-        for rows in chunks:
+        for i, rows in enumerate(chunks):
+            if i == 0:
+                _check_vocabulary(p, rows.sentences, path)
             for sentence in rows.sentences:
                 if any(len(fields) < 2 for fields in sentence):
                     raise PredictError(f"{path}: a token without a tag column; evaluation needs the gold tags")
