@@ -26,9 +26,8 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
     mismatch, a signal) are reported once, by rank 0. Any other error is printed with its
     rank and aborts the whole job, so no rank is left waiting in a collective.
     """
-    from .comm import launched_by_mpi, world_rank
     from .errors import DistbpError
-    from .train import Interrupted
+    from .train import Interrupted, abort_job, launched_by_mpi, world_rank
 
     rank, size = world_rank(), launched_by_mpi()
     if size > 1:
@@ -58,9 +57,7 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
         code = _fail(prog, f"internal error {type(e).__name__}: {e} (set DISTBP_DEBUG=1 for the traceback)",
                      EXIT_RUN_ERROR)
     if size > 1:
-        from .comm import MPICommunicator
-
-        MPICommunicator.abort_world(code)
+        abort_job(code)
     return code
 
 
@@ -81,8 +78,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                              "never: start fresh; PATH: that checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
-    from .comm.mpi import launched_by_mpi, world_rank
-    from .comm.supervise import supervise_rank
+    from .train import launched_by_mpi, supervise_rank, world_rank
 
     if launched_by_mpi() > 1:
         supervise_rank(world_rank())  # returns in the child, which trains
@@ -167,7 +163,7 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from .comm.zmq_ps import make_keys
+        from .train import make_keys
 
         for path in make_keys(args.dir):
             print(path)

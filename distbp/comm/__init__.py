@@ -1,4 +1,5 @@
-"""Communicators: local (one process) and mpi (mpi4py); the Trainer sees only the interface."""
+"""Communicators: local (one process), mpi (mpi4py) and the ZeroMQ parameter server; the
+Trainer sees only the interface. (The process helpers re-exported here live in distbp.process.)"""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any, Mapping
 
 from .abort import install_abort_hook, rank_name
 from .base import Communicator, LocalCommunicator, MismatchError, PeerLost, ServerStopped
-from .mpi import LaunchError, MPICommunicator, check_launcher, launched_by_mpi, local_world, world_rank
-from .threads import cpu_count, pin_blas_threads
+from ..process import LaunchError, check_launcher, cpu_count, launched_by_mpi, local_world, pin_blas_threads, world_rank
+from .mpi import MPICommunicator
 
 BACKENDS = ("auto", "local", "mpi", "zmq")
 

@@ -166,7 +166,7 @@ class Communicator:
         """"pid@host" of every rank, in rank order, on every rank (a collective), logged at
         start so that a PID seen in ps or top can be matched to its rank (under mpiexec these
         are the processes that train, children of the ones mpiexec launched: see
-        comm/supervise.py); empty where the transport names its peers itself or there is
+        process/supervise.py); empty where the transport names its peers itself or there is
         only one."""
         return []
 
