@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from ._version import __version__
 from .errors import EXIT_OK, EXIT_RUN_ERROR
 
 
@@ -70,6 +71,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """distbp-train: train the configured model; with no --config, the default config."""
     parser = argparse.ArgumentParser(prog="distbp-train", description=train_main.__doc__)
+    parser.add_argument("--version", action="version", version=f"distbp {__version__}")
     _config_args(parser)
     parser.add_argument("--run-dir", metavar="DIR", help="where config, metrics, log and checkpoints go "
                         "(default: the config's run_dir)")

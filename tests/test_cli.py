@@ -375,3 +375,10 @@ def test_plot_skips_a_last_line_cut_short_by_a_crash(run_dir, capsys):
         f.write('{"step": 99, "lo')
     assert cli.plot_main([str(run_dir), "--out", str(run_dir / "p.png")]) == 0
     assert (run_dir / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_version(capsys):
+    from distbp import __version__
+    with pytest.raises(SystemExit) as e:
+        cli.train_main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"distbp {__version__}\n"
