@@ -1,4 +1,4 @@
-"""Memory of distbp training (issue 8): the peak of one training step against its floor, and
+"""Memory of distbp training: the peak of one training step against its floor, and
 resident-set growth over 10,000 steps, as a bare loop and through the Trainer.
 
     .venv/bin/python bench/memory.py                  # about 30 s

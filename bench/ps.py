@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, machine_info  # noqa: E402  (bench/ is on sys.path)
 
-TARGET = 0.70  # issue 6: ZeroMQ at >= 70% of MPI's throughput
+TARGET = 0.70  # ZeroMQ at >= 70% of MPI's throughput
 BUSY_CORES = 0.25  # a run during which other processes kept more cores busy than this is run again
 SIZES = [784, 1024, 1024, 10]
 NUMEL = sum(a * b + b for a, b in zip(SIZES, SIZES[1:]))

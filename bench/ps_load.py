@@ -1,4 +1,4 @@
-"""Load test of the ZeroMQ parameter server (issue 7, item 6): one server and N workers on
+"""Load test of the ZeroMQ parameter server: one server and N workers on
 loopback for many steps; no message may be lost and memory must stay flat.
 
     python bench/ps_load.py                 # 2,000 steps x 8 workers

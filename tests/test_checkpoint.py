@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN invariant 5): atomic writes with a checksum, the last K kept, damage
+"""Checkpoints (docs/ARCHITECTURE.md, invariant 5): atomic writes with a checksum, the last K kept, damage
 detected and named, never unpickled; latest_valid skips a damaged newest one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line (issue 4, items 5 and 7): exit codes 0/1/2, one clear message on stderr and
+"""The command line: exit codes 0/1/2, one clear message on stderr and
 no traceback, --print-config, distbp-gradcheck and distbp-plot."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The config schema (issue 4, item 2): defaults, validation with dotted paths and suggestions,
+"""The config schema: defaults, validation with dotted paths and suggestions,
 --set overrides parsed as YAML, every error reported at once, and the config hash."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_defaults_resolve_to_themselves():
     cfg = resolve()
     assert cfg == defaults()
     assert resolve(copy.deepcopy(defaults())) == defaults()
-    # a few values of the DESIGN shape
+    # a few values of the documented shape
     assert cfg["model"]["sizes"] == [64, 256, 10]
     assert cfg["data"]["name"] == "digits"
     assert cfg["optimizer"] == {**cfg["optimizer"], "name": "adam", "lr": 0.001, "weight_decay": 0.0}

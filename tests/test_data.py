@@ -1,4 +1,4 @@
-"""Data sets, loaders, preprocessing and the validation split (issue 4, item 1)."""
+"""Data sets, loaders, preprocessing and the validation split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flat buffers (DESIGN invariant 4): every parameter a view of one buffer, every gradient a view
+"""Flat buffers (docs/ARCHITECTURE.md, invariant 4): every parameter a view of one buffer, every gradient a view
 of another, zero_grad in O(1) without stale gradients."""
 
 from __future__ import annotations

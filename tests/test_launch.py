@@ -1,4 +1,4 @@
-"""Launchers and containers (issue 6, items 7 and 8): launch/zmq-local, launch/mpirun-hosts,
+"""Launchers and containers: launch/zmq-local, launch/mpirun-hosts,
 launch/slurm.sbatch, docker/Dockerfile and docker/docker-compose.yml.
 
 No container engine runs here, so the compose file is checked against what

@@ -1,4 +1,4 @@
-"""Activation memory (issue 8): backward lets go of each activation once the walk is past the
+"""Activation memory: backward lets go of each activation once the walk is past the
 last VJP that reads it, and the forward keeps only the arrays backward will read.
 
 Both are observed from outside the walk: weak references to the activations, looked at each

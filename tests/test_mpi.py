@@ -1,5 +1,5 @@
 """Data parallelism under mpiexec (the mpich wheel's launcher, as root, more ranks than cores):
-DESIGN invariants 1-3 checked against the single-process run."""
+the invariants 1-3 of docs/ARCHITECTURE.md checked against the single-process run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No unsafe loading anywhere in the package (issue 7, item 7).
+"""No unsafe loading anywhere in the package.
 
 Walks every ``*.py`` under ``distbp/`` with :mod:`ast` (so comments and docstrings never
 count) and fails, naming file:line, on: importing pickle/cPickle/dill/marshal (or using them

@@ -1,4 +1,4 @@
-"""The README opens with the two commands of DESIGN: the main job, and the tests that .ci/run runs."""
+"""The README opens with the two set-up commands: the main job, and the tests that .ci/run runs."""
 
 from __future__ import annotations
 

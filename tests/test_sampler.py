@@ -1,4 +1,4 @@
-"""The distributed sampler of DESIGN invariant 1: one permutation per (seed, epoch), cut into
+"""The distributed sampler of docs/ARCHITECTURE.md (invariant 1): one permutation per (seed, epoch), cut into
 global batches; worker r of N takes its slice of every global batch."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Trainer on one process (issue 4, items 3 and 4): metrics.jsonl as DESIGN says, the run
+"""The Trainer on one process: metrics.jsonl as README.md says, the run
 directory, final checkpoints, bitwise resume at any step, and clear failures."""
 
 from __future__ import annotations

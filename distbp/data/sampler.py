@@ -1,4 +1,4 @@
-"""The data order of DESIGN invariant 1: one permutation per epoch from (seed, epoch), cut
+"""The data order of docs/ARCHITECTURE.md (invariant 1): one permutation per epoch from (seed, epoch), cut
 into global batches; worker r of N takes its slice of every global batch. Everything is a
 function of (seed, step), so a resumed run, with any N, continues the same order."""
 

@@ -1,4 +1,4 @@
-"""Flat buffers (DESIGN invariant 4): every parameter is a view into one contiguous buffer and
+"""Flat buffers (docs/ARCHITECTURE.md, invariant 4): every parameter is a view into one contiguous buffer and
 every gradient a view into a second, so communication and the optimizer touch all of them
 with a constant number of numpy calls per step, however many layers the model has."""
 

@@ -53,7 +53,7 @@ class Optimizer:
     packs all parameters into one flat buffer (``self.flat``, see ``distbp.nn.flatten_parameters``)
     or reuses the buffer that already holds exactly them.
 
-    Deliberate deviations from torch, all for DESIGN invariant 4 (the number of numpy calls
+    Deliberate deviations from torch, all for invariant 4 of docs/ARCHITECTURE.md (the number of numpy calls
     per step does not grow with the number of layers):
 
     * State is kept per flat buffer, not per parameter: ``state["exp_avg"]`` is one array in

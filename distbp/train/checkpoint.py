@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN invariant 5): one ``step-00000200.npz`` per save, written atomically
+"""Checkpoints (docs/ARCHITECTURE.md, invariant 5): one ``step-00000200.npz`` per save, written atomically
 (temporary file, fsync, rename), with a SHA-256 of its arrays in its JSON ``meta``; the last
 K kept. Loading never unpickles; a truncated or altered file is detected and named."""
 

@@ -1,4 +1,4 @@
-"""The YAML config schema of DESIGN: defaults for every key, and validation that names the
+"""The YAML config schema: defaults for every key, and validation that names the
 key's dotted path and suggests the nearest known key or value."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What a run tells its user: log lines (stdout and ``train.log``), ``metrics.jsonl`` as DESIGN
-specifies, and a progress bar when stdout is a terminal."""
+"""What a run tells its user: log lines (stdout and ``train.log``), ``metrics.jsonl`` (its
+records are listed in README.md, "Run directory"), and a progress bar when stdout is a terminal."""
 
 from __future__ import annotations
 

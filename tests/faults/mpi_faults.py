@@ -1,4 +1,4 @@
-"""MPI fault trials (issue 7, items 1-2): kill -9 one rank of ``mpiexec -n 3 distbp-train``
+"""MPI fault trials: kill -9 one rank of ``mpiexec -n 3 distbp-train``
 at a random step, or send SIGTERM/SIGINT to mpiexec; each trial returns a dict of figures.
 
 Every job runs in its own session with its output in files, and every process whose command

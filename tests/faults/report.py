@@ -1,5 +1,5 @@
 """python -m tests.faults.report [--trials N]: N trials of each fault (MPI and ZeroMQ), one
-hostile-message trial, and a table of the figures issue 7 asks for."""
+hostile-message trial, and a table of the figures."""
 
 from __future__ import annotations
 

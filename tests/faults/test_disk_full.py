@@ -1,4 +1,4 @@
-"""Issue 7, item 3: a checkpoint write that fails for real (a full 160 KiB tmpfs) ends the run
+"""A checkpoint write that fails for real (a full 160 KiB tmpfs) ends the run
 with one message naming the file, leaves every earlier checkpoint intact and loadable, leaves
 no temporary file, and the run resumes from them elsewhere to the bitwise result."""
 

@@ -1,4 +1,4 @@
-"""Issue 7, items 1-2 for MPI: a few trials of each fault (more: python -m tests.faults.report)."""
+"""MPI faults: a few trials of each fault (more: python -m tests.faults.report)."""
 
 from __future__ import annotations
 

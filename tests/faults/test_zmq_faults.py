@@ -1,4 +1,4 @@
-"""Issue 7, items 1-2 for the parameter server: a dead worker, a dead server, SIGTERM/SIGINT
+"""Parameter-server faults: a dead worker, a dead server, SIGTERM/SIGINT
 to the server; each ends the job in bounded time and the newest checkpoint resumes bitwise."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ZeroMQ parameter-server jobs as real processes on loopback, and the fault trials run on
-them (issue 7): kill -9 a worker or the server, SIGTERM/SIGINT to the server, hostile messages.
+them: kill -9 a worker or the server, SIGTERM/SIGINT to the server, hostile messages.
 Each trial returns a dict of figures; tests/test_zmq.py and tests/faults/test_zmq_faults.py
 assert on them, ``python -m tests.faults.report`` tabulates them.
 
@@ -249,7 +249,7 @@ sys.exit(code)
 
 
 def hostile_trial(job: "Job", tmp_path: Path) -> dict:
-    """Issue 7 item 5: 1,000s of hostile messages at a running server, from strangers and from an
+    """1,000s of hostile messages at a running server, from strangers and from an
     admitted insider; asserts the protocol details and returns the figures."""
     import zmq
 
