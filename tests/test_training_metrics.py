@@ -70,6 +70,14 @@ def test_early_stopping_ends_after_patience_evaluations_without_improvement(tmp_
     assert (tmp_path / "checkpoints" / f"step-{result['step']:08d}.npz").is_file()
 
 
+def test_early_stopping_on_a_metric_to_maximize(tmp_path):
+    result = _run(tmp_path, "train.max_steps=2000", "train.epochs=1000", "optimizer.lr=0.05",
+                  "train.metrics=[macro_f1]", "train.early_stopping={metric: macro_f1, patience: 2, mode: max}")
+    f1 = [e["macro_f1"] for e in _evals(tmp_path)]
+    best = f1.index(max(f1))  # the first time it reached its best: a tie is no improvement
+    assert len(f1) == best + 3 and result["step"] < 2000
+
+
 def test_early_stopping_resumes_with_its_count(tmp_path):
     sets = ["train.max_steps=2000", "train.epochs=1000", "optimizer.lr=0.05", "checkpoint.every=5",
             "train.early_stopping={metric: val_loss, patience: 3}"]
