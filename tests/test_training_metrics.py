@@ -176,3 +176,26 @@ def test_early_stopping_under_mpirun_stops_where_one_process_does(tmp_path):
     a = read_checkpoint(tmp_path / "one" / "checkpoints" / f"step-{one['step']:08d}.npz").arrays["params"]
     b = read_checkpoint(tmp_path / "two" / "checkpoints" / f"step-{one['step']:08d}.npz").arrays["params"]
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_early_stopping_with_the_parameter_server_ends_every_process_normally(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from faults.zmq_faults import Job, free_endpoint
+    sets = BASE + ["train.max_steps=2000", "train.epochs=1000", "optimizer.lr=0.05",
+                   "train.early_stopping={metric: val_loss, patience: 3}"]
+    one = _run(tmp_path / "one", *sets[len(BASE):])
+    job = Job(tmp_path)
+    endpoint = free_endpoint()
+    try:
+        server = job.server("server", endpoint, 2, tmp_path / "zmq", overrides=sets)
+        workers = [job.worker(f"worker{i}", endpoint, overrides=sets) for i in range(2)]
+        for p in [server, *workers]:
+            assert p.wait(60) == 0, p.report()
+        assert f"done: {one['step']} steps" in server.stdout
+        a = read_checkpoint(tmp_path / "one" / "checkpoints" / f"step-{one['step']:08d}.npz").arrays["params"]
+        b = read_checkpoint(tmp_path / "zmq" / "checkpoints" / f"step-{one['step']:08d}.npz").arrays["params"]
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        job.assert_all_ended()
+    finally:
+        job.kill_all()
