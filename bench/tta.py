@@ -173,7 +173,7 @@ class EvalTimer:
     runs, so the figure sees the same drift of the machine as they do."""
 
     def __init__(self, overrides: list[str]) -> None:
-        from distbp.comm.threads import pin_blas_threads
+        from distbp.process import pin_blas_threads
         from distbp.data import data_info, load_data
         from distbp.train import load_config
         from distbp.train.build import build_loss, build_model
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     overrides += args.extra
 
-    from distbp.comm.threads import cpu_count
+    from distbp.process import cpu_count
     from distbp.train import ConfigError, load_config
 
     try:

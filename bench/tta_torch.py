@@ -76,12 +76,12 @@ def build(cfg: dict[str, Any], threads: int):
     the optimizer and distbp's sampler."""
     import torch
 
-    from distbp.data import DistributedSampler, load_data
+    from distbp.data import DistributedSampler, data_info, load_data
     from distbp.train.build import build_model
 
     torch.set_num_threads(threads)
     splits = load_data(cfg["data"], cfg["seed"], cfg["model"]["window"])
-    reference = build_model(cfg, splits)  # only for its initial weights: distbp's init, same seed
+    reference = build_model(cfg, data_info(splits.train))  # only for its initial weights: distbp's init, same seed
     sizes, act = cfg["model"]["sizes"], cfg["model"]["activation"]
     layers: list[torch.nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):

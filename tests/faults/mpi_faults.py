@@ -108,7 +108,7 @@ def _ppid(pid: int) -> int | None:
 
 def rank_pids(run_dir: Path, n: int, timeout: float = 20, launched: bool = False) -> dict[int, int]:
     """{rank: pid} of the job in ``run_dir`` (PMI_RANK in /proc/<pid>/environ): the processes
-    that train, or with ``launched`` the ones mpiexec started (distbp.comm.supervise forks
+    that train, or with ``launched`` the ones mpiexec started (distbp.process.supervise forks
     each rank: the launched process waits, its child trains)."""
     deadline = time.monotonic() + timeout
     found: dict[int, list[int]] = {}
