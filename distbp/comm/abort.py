@@ -40,9 +40,13 @@ def install_abort_hook(comm: Communicator) -> None:
             return
         text = "".join(traceback.format_exception(kind, value, tb))
         prefix = f"[rank {current.rank}] "
-        sys.stderr.write("".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n")))
-        sys.stderr.write(f"distbp: {rank_name(current)} raised {kind.__name__}: {value}; "
-                         f"ending all {current.size} ranks\n")
+        report = "".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n"))
+        report += (f"distbp: {rank_name(current)} raised {kind.__name__}: {value}; "
+                   f"ending all {current.size} ranks\n")
+        # One write, so that the rank's report is not interleaved (abort_world then gives
+        # mpiexec's proxy a moment to relay it).
+        sys.stderr.flush()
+        os.write(2, report.encode(errors="replace"))
         current.abort(getattr(value, "exit_code", 1))
 
     sys.excepthook = hook

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
 from ..process.launcher import LaunchError, check_launcher, launched_by_mpi, local_world, world_rank  # noqa: F401
 from .base import Communicator
+
+
+ABORT_GRACE_S = 0.2
 
 
 class MPICommunicator(Communicator):
@@ -82,4 +86,7 @@ class MPICommunicator(Communicator):
 
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort tears the job down at once: output still in the pipe to mpiexec's proxy
+        # (the message naming the error) would be lost without a moment to relay it.
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(code)
