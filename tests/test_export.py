@@ -10,6 +10,7 @@ import pytest
 
 import distbp
 from distbp import cli
+from runs import train_run
 from distbp.train import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,10 +18,7 @@ NER = REPO / "configs" / "data" / "ner-small.conll"
 
 
 def _train(tmp: Path, *sets: str) -> Path:
-    run = tmp / "run"
-    args = [a for s in ["train.max_steps=30", "train.progress=plain", "comm.threads=1", *sets] for a in ("--set", s)]
-    assert cli.train_main(["--run-dir", str(run), "--resume", "never", *args]) == 0
-    return run
+    return train_run(tmp, *sets, steps=30)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 
 import distbp
 from distbp import cli
+from runs import train_run
 from distbp.data import split_indices
 from distbp.metrics import classify, entity_metrics
 
@@ -41,10 +42,7 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
 
 
 def _train(tmp: Path, *sets: str) -> Path:
-    run = tmp / "run"
-    args = [a for s in ["train.max_steps=60", "train.progress=plain", "comm.threads=1", *sets] for a in ("--set", s)]
-    assert cli.train_main(["--run-dir", str(run), "--resume", "never", *args]) == 0
-    return run
+    return train_run(tmp, *sets, steps=60)
 
 
 @pytest.fixture(scope="module")
