@@ -10,6 +10,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -102,6 +103,15 @@ def load_npz(path: str, x_key: str = "x", y_key: str = "y", task: str = "classif
     return Dataset(p.stem, x, yi, classes, source=str(p))
 
 
+def numeric(cells: Sequence[str]) -> bool:
+    """Whether every cell reads as a number (a first CSV row that does not is a header)."""
+    try:
+        [float(c) for c in cells]
+        return True
+    except ValueError:
+        return False
+
+
 def sniff_delimiter(path: Path, delimiter: str = "auto") -> str:
     """``delimiter``, or with "auto" the one of , ; tab | that splits the first lines into the
     most columns, equally many on each line."""
@@ -137,15 +147,8 @@ def load_csv(path: str, label: str | int | None = None, task: str = "classificat
     if not rows:
         raise DataError(f"{p}: the file is empty")
 
-    def numeric(cells: list[str]) -> bool:
-        try:
-            [float(c) for c in cells]
-            return True
-        except ValueError:
-            return False
-
     header = None
-    if not numeric(rows[0][1]):
+    if not numeric(rows[0][1]):  # a header row
         header = [c.strip() for c in rows[0][1]]
         rows = rows[1:]
     if not rows:

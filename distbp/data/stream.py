@@ -12,12 +12,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterator
 
 import numpy as np
 
 from .dataset import DataError
-from .loaders import _IDX_DTYPES, read_idx, sniff_delimiter
+from .loaders import _IDX_DTYPES, numeric, read_idx, sniff_delimiter
 
 
 @dataclass
@@ -42,14 +42,6 @@ def kind_of(path: Path, trained_on: str) -> str:
 
 # -- CSV ----------------------------------------------------------------------------------------
 
-def _numeric(cells: Sequence[str]) -> bool:
-    try:
-        [float(c) for c in cells]
-        return True
-    except ValueError:
-        return False
-
-
 def csv_rows(path: Path, features: int, label: str | int | None, chunk: int, delimiter: str = "auto") -> Iterator[Rows]:
     """A CSV like the training file: an optional header; ``features`` feature columns, and
     optionally the label column (``label``: its name or index, by default the last)."""
@@ -67,7 +59,7 @@ def csv_rows(path: Path, features: int, label: str | int | None, chunk: int, del
                 if not row or not any(c.strip() for c in row):
                     continue
                 if width is None:  # as the training reader: a first row not all numbers is a header
-                    header = None if _numeric(row) else [c.strip() for c in row]
+                    header = None if numeric(row) else [c.strip() for c in row]
                     width = len(row)
                     col = _label_column(path, header, width, features, label)
                     if header is not None:
@@ -77,7 +69,7 @@ def csv_rows(path: Path, features: int, label: str | int | None, chunk: int, del
                 try:
                     xs.append([float(c) for i, c in enumerate(row) if i != col])
                 except ValueError:
-                    bad = next(i for i, c in enumerate(row) if i != col and not _numeric([c]))
+                    bad = next(i for i, c in enumerate(row) if i != col and not numeric([c]))
                     name = header[bad] if header else f"#{bad}"
                     raise DataError(f"{path}:{line}: column {name}: {row[bad]!r} is not a number") from None
                 if col is not None:

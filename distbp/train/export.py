@@ -43,13 +43,14 @@ def export(ckpt: Checkpoint, out: Path, layout: str = "distbp", model: nn.Module
     tensors = {}
     for name, p in model.named_parameters():
         tensors[name] = np.ascontiguousarray(p.data.T if name in transposed else p.data)
-    for k, v in training_state(ckpt).preprocess.items():
+    preprocess = training_state(ckpt).preprocess
+    for k, v in preprocess.items():
         v = np.asarray(v)
         if v.dtype.kind in "fiu" and v.ndim and v.size:
             tensors[f"preprocess.{k}"] = np.ascontiguousarray(v)
     # Its kind and eps are scalars: metadata; mean and scale arrays are tensors (above).
     pre = {k: (str(v) if v.dtype.kind in "US" else float(v)) for k, v in
-           ((k, np.asarray(v)) for k, v in training_state(ckpt).preprocess.items()) if v.ndim == 0}
+           ((k, np.asarray(v)) for k, v in preprocess.items()) if v.ndim == 0}
     meta = {"format": "distbp", "layout": layout, "step": str(ckpt.step),
             "config": json.dumps(ckpt.meta["config"]), "data_info": json.dumps(ckpt.meta["data_info"]),
             "objects": json.dumps(ckpt.meta.get("objects")), "preprocess": json.dumps(pre),

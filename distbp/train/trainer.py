@@ -163,12 +163,11 @@ def task_metrics(out: np.ndarray, y: np.ndarray, data: BatchSource, names: Seque
     """distbp.metrics of outputs ``out`` against targets ``y``: those ``names`` asks for, or
     with ``report`` everything the task has (classification; CoNLL adds entities, cut back
     into sentences by the data's sentence lengths; regression)."""
-    result: dict[str, Any] = {}
     if classify:
         k = out.shape[1]
         classes = getattr(data, "classes", None) or [str(c) for c in range(k)]
         full = M.classify(y, out.argmax(axis=1), list(classes))
-        lengths = getattr(data, "extra", {}).get("sentence_lengths") if hasattr(data, "extra") else None
+        lengths = getattr(data, "extra", {}).get("sentence_lengths")
         if lengths and (report or any(n.startswith("entity_") for n in names)):
             names_arr = np.asarray(classes)
             cuts = np.cumsum(lengths)[:-1]
