@@ -241,7 +241,7 @@ def test_float32_stays_float32_through_every_function():
 
 def test_default_dtype_is_float32_and_float64_on_request():
     assert db.tensor(np.ones(2, dtype=np.float64)).dtype == np.float32
-    assert db.tensor([1, 2]).dtype == np.float32
+    assert db.tensor([1, 2]).dtype == np.int64  # integers stay integers, as torch.tensor([1, 2])
     x = leaf([1.0, 2.0], dtype=np.float64)
     y = (x * 1.5 + np.float32(1)) @ np.ones(2, dtype=np.float32)
     assert y.dtype == np.float64

@@ -9,11 +9,12 @@ Everything else (mean, softmax, the losses) is composed from these in ``distbp.f
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
-from .tensor import Primitive, Tensor, unbroadcast
+from .tensor import Primitive, unbroadcast
 
 
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
@@ -45,6 +46,10 @@ power = Primitive("power", lambda a, exponent: np.power(a, exponent),
                   # a ** 0 is constant: its gradient is 0, also at a = 0 where 0 * a ** -1 is nan.
                   lambda g, ans, a, exponent: (g * (exponent * np.power(a, exponent - 1)) if exponent != 0
                                                else np.zeros_like(g)))
+rpower = Primitive("rpower", lambda a, base: np.power(base, a),  # base ** a, for 2 ** t
+                   lambda g, ans, a, base: g * ans * np.log(base))
+where = Primitive("where", lambda a, b, cond: np.where(cond, a, b),
+                  lambda g, ans, a, b, cond: np.where(cond, g, 0), lambda g, ans, a, b, cond: np.where(cond, 0, g))
 
 
 # -- matrix product -----------------------------------------------------------------------
@@ -139,6 +144,10 @@ def _sigmoid_(y):
 exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans,
                 inplace=lambda g, ans, a: np.multiply(g, ans, out=g))
 log = Primitive("log", np.log, lambda g, ans, a: g / a)
+log1p = Primitive("log1p", np.log1p, lambda g, ans, a: g / (1 + a))
+_erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; math.erf is exact (and scalar)
+erf = Primitive("erf", lambda a: _erf(a).astype(a.dtype),
+                lambda g, ans, a: g * ((2 / math.sqrt(math.pi)) * np.exp(-a * a)))
 sqrt = Primitive("sqrt", np.sqrt, lambda g, ans, a: g / (2 * ans))
 abs_ = Primitive("abs", np.abs, lambda g, ans, a: g * np.sign(a))
 tanh = Primitive("tanh", np.tanh, lambda g, ans, a: g * (1 - ans * ans),
@@ -151,6 +160,15 @@ leaky_relu = Primitive("leaky_relu", lambda a, slope: np.where(a > 0, a, a * slo
                        lambda g, ans, a, slope: np.where(a > 0, g, g * slope))
 hardtanh = Primitive("hardtanh", lambda a, lo, hi: np.clip(a, lo, hi),
                      lambda g, ans, a, lo, hi: g * ((a > lo) & (a < hi)))
+
+
+def _inside(a, lo, hi):
+    mask = np.ones(a.shape, bool) if lo is None else a >= lo
+    return mask if hi is None else mask & (a <= hi)
+
+
+# torch.clamp: the gradient passes where lo <= a <= hi (bounds included, unlike hardtanh's).
+clamp = Primitive("clamp", lambda a, lo, hi: np.clip(a, lo, hi), lambda g, ans, a, lo, hi: g * _inside(a, lo, hi))
 
 
 # activation(x @ w + b) as one op, for the activations whose VJP reads only their output: the
@@ -220,7 +238,7 @@ cross_entropy = Primitive("cross_entropy", _cross_entropy, _cross_entropy_vjp)
 
 # -- reductions ---------------------------------------------------------------------------
 def _max_vjp(g, ans, a, axis, keepdims):
-    # Ties share the gradient equally, so the VJP is the same whichever maximum is picked.
+    # For max and min alike. Ties share the gradient equally, so the VJP is the same whichever maximum is picked.
     mask = a == _expand(ans, a.shape, axis, keepdims)
     count = mask.sum(axis=axis, keepdims=True, dtype=g.dtype)
     return _expand(g, a.shape, axis, keepdims) * mask / count
@@ -229,6 +247,7 @@ def _max_vjp(g, ans, a, axis, keepdims):
 sum_ = Primitive("sum", lambda a, axis, keepdims: np.sum(a, axis=axis, keepdims=keepdims),
                  lambda g, ans, a, axis, keepdims: _expand(g, a.shape, axis, keepdims))
 max_ = Primitive("max", lambda a, axis, keepdims: np.max(a, axis=axis, keepdims=keepdims), _max_vjp)
+min_ = Primitive("min", lambda a, axis, keepdims: np.min(a, axis=axis, keepdims=keepdims), _max_vjp)
 
 
 # -- shapes and indexing ------------------------------------------------------------------
@@ -253,6 +272,10 @@ transpose = Primitive("transpose", lambda a, axes: np.transpose(a, axes),
                       # axes modulo ndim: argsort of negative axes would not invert the permutation.
                       lambda g, ans, a, axes: np.transpose(g, None if axes is None
                                                            else np.argsort(np.mod(axes, a.ndim))))
+broadcast_to = Primitive("broadcast_to", lambda a, shape: np.broadcast_to(a, shape),
+                         lambda g, ans, a, shape: g)  # backward's unbroadcast sums g back to a's shape
+copy = Primitive("copy", np.array, lambda g, ans, a: g)
+astype = Primitive("astype", lambda a, dtype: a.astype(dtype), lambda g, ans, a, dtype: g.astype(a.dtype))
 getitem = Primitive("getitem", lambda a, index: a[index],
                     lambda g, ans, a, index: _scatter(np.empty(a.shape, g.dtype), g, ans, a, index),
                     into={0: _scatter})
@@ -269,70 +292,3 @@ concat = Primitive("concat", lambda *arrays, axis: np.concatenate(arrays, axis=a
                    vjp_argnum=_concat_vjp)
 stack = Primitive("stack", lambda *arrays, axis: np.stack(arrays, axis=axis),
                   vjp_argnum=lambda argnum, g, ans, *arrays, axis: np.take(g, argnum, axis=axis))
-
-
-# -- Tensor's operators and methods are the primitives above ------------------------------
-def _const(x: Any, like: Tensor) -> Any:
-    """A non-Tensor operand: Python numbers stay weakly typed (numpy 2 never upcasts a float32
-    array for them); numpy scalars become Python numbers; arrays take the tensor's dtype."""
-    if isinstance(x, Tensor) or (isinstance(x, (int, float)) and not isinstance(x, np.generic)):
-        return x
-    arr = np.asarray(x)
-    if arr.ndim == 0:
-        return arr.item()
-    return arr.astype(like.dtype, copy=False) if arr.dtype != like.dtype else arr
-
-
-def _pow(a: Tensor, exponent: Any) -> Tensor:
-    if isinstance(exponent, Tensor):
-        raise TypeError("power: the exponent must be a number, not a Tensor (use exp(log(a) * b))")
-    return power(a, exponent=float(exponent))
-
-
-def _shape_arg(args: tuple) -> tuple:
-    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-
-
-def _index_arg(index: Any) -> Any:
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index
-
-
-def _mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
-    count = 1
-    for ax in _axes(axis, a.ndim):
-        count *= a.shape[ax]
-    return sum_(a, axis=axis, keepdims=keepdims) * (1.0 / count)
-
-
-Tensor.__add__ = lambda a, b: add(a, _const(b, a))
-Tensor.__radd__ = lambda a, b: add(_const(b, a), a)
-Tensor.__sub__ = lambda a, b: subtract(a, _const(b, a))
-Tensor.__rsub__ = lambda a, b: subtract(_const(b, a), a)
-Tensor.__mul__ = lambda a, b: multiply(a, _const(b, a))
-Tensor.__rmul__ = lambda a, b: multiply(_const(b, a), a)
-Tensor.__truediv__ = lambda a, b: divide(a, _const(b, a))
-Tensor.__rtruediv__ = lambda a, b: divide(_const(b, a), a)
-Tensor.__matmul__ = lambda a, b: matmul(a, _const(b, a))
-Tensor.__rmatmul__ = lambda a, b: matmul(_const(b, a), a)
-Tensor.__neg__ = lambda a: negative(a)
-Tensor.__pow__ = _pow
-Tensor.__getitem__ = lambda a, index: getitem(a, index=_index_arg(index))
-# Explicit, because Python's fallback iteration stops on IndexError, which apply() reports as ShapeError.
-Tensor.__iter__ = lambda a: (a[i] for i in range(len(a)))
-Tensor.sum = lambda a, axis=None, keepdims=False: sum_(a, axis=axis, keepdims=keepdims)
-Tensor.mean = _mean
-Tensor.max = lambda a, axis=None, keepdims=False: max_(a, axis=axis, keepdims=keepdims)
-Tensor.reshape = lambda a, *shape: reshape(a, shape=_shape_arg(shape))
-Tensor.transpose = lambda a, *axes: transpose(a, axes=_shape_arg(axes) or None)
-Tensor.T = property(lambda a: transpose(a, axes=None))
-Tensor.exp = lambda a: exp(a)
-Tensor.log = lambda a: log(a)
-Tensor.sqrt = lambda a: sqrt(a)
-Tensor.abs = lambda a: abs_(a)
-Tensor.tanh = lambda a: tanh(a)
-Tensor.sigmoid = lambda a: sigmoid(a)
-Tensor.relu = lambda a: relu(a)
