@@ -2,7 +2,7 @@
 
 from .autodiff import (GradcheckError, ShapeError, Tensor, gradcheck, is_grad_enabled,
                        manual_seed, no_grad, tensor)
-from . import functional, nn  # noqa: E402
+from . import functional, nn, optim  # noqa: E402
 
 from ._version import __version__  # noqa: E402
 
@@ -16,4 +16,4 @@ def load(path, model=None):
     return _load(path, model)
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError",
-           "ShapeError", "manual_seed", "functional", "nn", "load", "__version__"]
+           "ShapeError", "manual_seed", "functional", "nn", "optim", "load", "__version__"]

@@ -25,8 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"autodiff", "functional", "nn", "optim", "data", "comm", "process", "metrics", "errors", "_version"},
     "distributed": {"comm", "data", "nn", "optim", "errors"},
     "cli": {"errors", "train", "_version"},
-    # The package's front door: the core names, and distbp.load from train (imported when called).
-    "__init__": {"autodiff", "functional", "nn", "_version", "train"},
+    # The package's front door: the core names (distbp.nn, distbp.optim as torch.nn, torch.optim),
+    # and distbp.load from train (imported when called).
+    "__init__": {"autodiff", "functional", "nn", "optim", "_version", "train"},
 }
 
 

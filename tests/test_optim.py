@@ -234,15 +234,15 @@ def test_real_backward_with_linear_layers():
             np.testing.assert_allclose(p.data, r, rtol=2e-5, atol=2e-6)
 
 
-def test_parameter_without_gradient_gets_a_zero_gradient():
-    """Documented deviation from torch: flat_grad() zeroes unused views, so weight decay
-    still shrinks a parameter that received no gradient."""
+def test_parameter_without_gradient_is_skipped_as_torch_skips_it():
+    """torch skips a parameter whose grad is None: no weight decay, no momentum, no step."""
     used, unused = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(3))
     opt = optim.SGD([used, unused], lr=0.5, weight_decay=0.1)
     used.grad = np.full(2, 2.0)
     opt.step()
     np.testing.assert_allclose(used.data, 1 - 0.5 * (2.0 + 0.1), rtol=1e-6)
-    np.testing.assert_allclose(unused.data, 1 - 0.5 * 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(unused.data, np.ones(3))
+    assert unused.grad is None  # still None, as torch: not turned into zeros
 
 
 # ---- split_decay ---------------------------------------------------------------------------
@@ -385,14 +385,16 @@ def _run_blocked(cls, kw, overrides, block_size, steps=5):
     for step in range(steps):
         opt.zero_grad()
         for i, p in enumerate(params):
-            if not (step == 2 and i == 4):  # one parameter without a gradient: zero-filled
+            if not (step == 2 and i == 4):  # one parameter without a gradient: skipped
                 p.grad = SCALES[step] * rng.standard_normal(p.shape)
         expected = opt.flat.grad.copy()
-        if step == 2:
-            expected[unused] = 0.0
+        before = opt.flat.data[unused].copy()
         opt.step()
+        if step == 2:
+            np.testing.assert_array_equal(opt.flat.data[unused], before)
         np.testing.assert_array_equal(opt.flat.grad, expected)  # read, never written by the kernel
-    assert len(flat_grad_calls) == steps  # once per step, not once per block
+    # Once per step, not once per block; not at all in the step that skips a parameter.
+    assert len(flat_grad_calls) == steps - (steps > 2)
     return opt
 
 

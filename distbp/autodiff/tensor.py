@@ -237,15 +237,15 @@ class Tensor:
         return bool(self.data)  # numpy's rule: ambiguous (an error) for more than one element
 
     def __float__(self) -> float:
-        return float(self.data)
+        return float(self.data.item())  # any one-element tensor, as torch (numpy wants 0-d)
 
     def __int__(self) -> int:
-        return int(self.data)
+        return int(self.data.item())
 
     def __index__(self) -> int:
         if self.data.dtype.kind not in "iu":
             raise TypeError(f"only integer tensors can be used as an index, not {self.dtype}")
-        return int(self.data)
+        return int(self.data.item())
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         # np.asarray(t): the values, as torch's __array__ (the graph is not part of an ndarray).

@@ -36,9 +36,19 @@ class FlatParameters:
         # Called with a parameter's index when backward has written its final gradient (the
         # walk accumulates each leaf once); the overlapped all-reduce starts buckets from it.
         self.on_grad_ready: Callable[[int], None] | None = None
+        # The buffer these parameters were repacked into (an optimizer over more of the model
+        # was created); optimizers over this one follow it (Optimizer._follow).
+        self.moved_to: FlatParameters | None = None
+        self.frozen = 0  # parameters with requires_grad=False (Parameter keeps the count)
         for i, (p, start, n) in enumerate(zip(params, self.offsets, sizes)):
             p._bind(self, i, self.data[start:start + n].reshape(p.shape),
                     self.grad[start:start + n].reshape(p.shape))
+        self.frozen = sum(not p.requires_grad for p in params)
+
+    def __reduce__(self):
+        # deepcopy / pickle: the copied parameters (unbound copies) are packed again into a new
+        # buffer; a callback into a communicator is not copied.
+        return (_repack, (self.params,))
 
     @property
     def numel(self) -> int:
@@ -73,9 +83,19 @@ class FlatParameters:
         return self.grad
 
 
-def flatten_parameters(params: Iterable[Parameter]) -> FlatParameters:
+def _repack(params: list[Parameter]) -> FlatParameters:
+    return FlatParameters(params)
+
+
+def flatten_parameters(params: Iterable[Parameter], subset: bool = False) -> FlatParameters:
     """Pack ``params`` into one flat buffer, or return the buffer that already holds exactly
-    them. Values are preserved; afterwards each ``p.data`` and ``p.grad`` is a view."""
+    them. Values are preserved; afterwards each ``p.data`` and ``p.grad`` is a view.
+
+    With ``subset`` (what optimizers ask for), parameters that are all in one buffer get that
+    buffer, and parameters spread over buffers (or partly unpacked) are packed into a new one,
+    together with every other parameter of those buffers, which record ``moved_to``: an
+    optimizer over part of a model, then one over all of it (freeze, then unfreeze), each
+    work; the first follows its parameters to the new buffer."""
     params = list(params)
     unique = {id(p): p for p in params}
     if len(unique) != len(params):
@@ -84,10 +104,16 @@ def flatten_parameters(params: Iterable[Parameter]) -> FlatParameters:
         if not isinstance(p, Parameter):
             raise TypeError(f"flatten_parameters: expected Parameters, got {type(p).__name__}")
     owner = params[0]._flat if params else None
-    if owner is not None and len(owner.params) == len(params) and all(p._flat is owner for p in params):
+    if owner is not None and all(p._flat is owner for p in params) and (subset or len(owner.params) == len(params)):
         return owner
     taken = [i for i, p in enumerate(params) if p._flat is not None]
-    if taken:
+    if taken and not subset:
         raise ValueError(f"flatten_parameters: parameter {taken[0]} (shape {params[taken[0]].shape}) "
                          "already belongs to another flat buffer; flatten the whole model once")
-    return FlatParameters(params)
+    old = list({id(p._flat): p._flat for p in params if p._flat is not None}.values())
+    given = set(unique)
+    extra = [q for f in old for q in f.params if id(q) not in given]
+    flat = FlatParameters(params + extra)
+    for f in old:
+        f.moved_to = flat
+    return flat

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 # Tensor keeps data and grad in slots; Parameter's properties reach them through these.
 _DATA_SLOT = Tensor.data
 _GRAD_SLOT = Tensor.grad
+_REQUIRES_GRAD_SLOT = Tensor.requires_grad
 
 
 class Parameter(Tensor):
@@ -31,6 +32,14 @@ class Parameter(Tensor):
         self._grad_gen = -1
         super().__init__(data, requires_grad=True, dtype=dtype)
 
+    def _restore(self, data: np.ndarray, grad: np.ndarray | None, requires_grad: bool) -> None:
+        """Unpickling and deepcopy (Tensor.__reduce_ex__): a parameter with its own arrays,
+        outside any flat buffer (an optimizer's copy packs it again)."""
+        self._flat, self._grad_view, self._grad_gen = None, None, -1
+        _DATA_SLOT.__set__(self, data)
+        _GRAD_SLOT.__set__(self, grad)
+        self.requires_grad, self._record = requires_grad, None
+
     def _set_data(self, value: np.ndarray) -> None:
         if self._flat is None:
             _DATA_SLOT.__set__(self, value)
@@ -43,6 +52,15 @@ class Parameter(Tensor):
 
     # The getter is the slot's own (C) __get__: ops read p.data on every call, the setter is rare.
     data = property(_DATA_SLOT.__get__, _set_data, doc="The values: a view into the flat buffer once packed.")
+
+    def _set_requires_grad(self, value: bool) -> None:
+        flat = self.__dict__.get("_flat")
+        if flat is not None and bool(value) != _REQUIRES_GRAD_SLOT.__get__(self, Parameter):
+            flat.frozen += -1 if value else 1  # so optimizers see a frozen parameter in O(1)
+        _REQUIRES_GRAD_SLOT.__set__(self, bool(value))
+
+    requires_grad = property(_REQUIRES_GRAD_SLOT.__get__, _set_requires_grad,
+                             doc="False freezes the parameter: no gradient, and optimizers skip it.")
 
     @property
     def grad(self) -> np.ndarray | None:

@@ -62,8 +62,10 @@ class Optimizer:
     * A hyperparameter that differs between groups becomes a vector over the flat buffer,
       rebuilt only when the group values change. Boolean options (``maximize``, ``nesterov``,
       ``amsgrad``, ``centered``) choose the kernel, so they must agree across groups.
-    * A parameter that got no gradient since ``zero_grad`` is updated with a zero gradient
-      (weight decay and momentum still act on it); torch skips it.
+    * ``state["step"]`` counts ``step()`` calls; torch's per-parameter step counts (a skipped
+      parameter does not advance) are kept too, and only saved once they differ.
+    * An optimizer over part of a model keeps state arrays the size of the whole flat buffer
+      its parameters live in (zeros outside them): the kernel then runs on views of one buffer.
 
     Blocking. ``step()`` runs the kernel once per block of ``block_size`` consecutive elements
     of the flat buffer (the last block may be shorter), on views of that block of every array.
@@ -101,15 +103,11 @@ class Optimizer:
                  defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
         self.param_groups = [self._make_group(g) for g in _as_groups(params, type(self).__name__)]
-        self.flat = flatten_parameters([p for g in self.param_groups for p in g["params"]])
-        position = {id(p): i for i, p in enumerate(self.flat.params)}
-        self._indices = [[position[id(p)] for p in g["params"]] for g in self.param_groups]
-        # Which group owns each parameter, in flat order: expands per-group values to vectors.
-        self._group_of_param = np.empty(len(self.flat.params), dtype=np.intp)
-        for gi, idx in enumerate(self._indices):
-            self._group_of_param[idx] = gi
-        self._param_sizes = np.diff(self.flat.offsets)
-        self._hp_cache: dict[str, tuple[list[float], np.ndarray]] = {}
+        self.flat = flatten_parameters([p for g in self.param_groups for p in g["params"]], subset=True)
+        self._layout()
+        # Steps taken by each parameter of the flat buffer (torch counts per parameter: a skipped
+        # one does not advance); None while all of this optimizer's parameters have taken every step.
+        self._param_steps: np.ndarray | None = None
         # The block step() is at (the whole buffer outside step()), its scratch views, the
         # flat gradient and the hyperparameters and flags of this step (None outside step()).
         self._blk = slice(None)
@@ -122,9 +120,82 @@ class Optimizer:
         # and the decayed gradient, made by the first step that needs it (``_grad``).
         self._grad_buf = self._tmp = np.empty(0, dtype=self.flat.data.dtype)
         self._ensure_scratch(self._block_length())
-        self.state: dict[str, Any] = {"step": 0}
+        self.state: dict[str, Any] = _State(self)
+        self.state["step"] = 0
         for name in self._state_names():
             self.state[name] = np.zeros_like(self.flat.data)
+
+    def _layout(self) -> None:
+        """Where this optimizer's parameters are in ``self.flat`` (which may hold more than them:
+        an optimizer over part of a model), and the per-parameter tables built from that."""
+        flat = self.flat
+        position = {id(p): i for i, p in enumerate(flat.params)}
+        self._indices = [[position[id(p)] for p in g["params"]] for g in self.param_groups]
+        # Which group owns each parameter, in flat order: expands per-group values to vectors.
+        self._group_of_param = np.zeros(len(flat.params), dtype=np.intp)
+        self._own = np.zeros(len(flat.params), dtype=bool)
+        for gi, idx in enumerate(self._indices):
+            self._group_of_param[idx] = gi
+            self._own[idx] = True
+        self._whole = bool(self._own.all())
+        self._param_sizes = np.diff(flat.offsets)
+        self._hp_cache: dict[str, tuple[list[float], np.ndarray]] = {}
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters (torch's method): its keys default to ``defaults``; the
+        parameters join the flat buffer (repacked with the others if they were outside it),
+        with zero state and no steps taken."""
+        group = self._make_group(param_group)
+        known = {id(p) for g in self.param_groups for p in g["params"]}
+        _invalid(any(id(p) in known for p in group["params"]),
+                 f"{type(self).__name__}.add_param_group: some parameters appear in more than one parameter group")
+        self._follow()
+        steps = self._steps_per_param()
+        old_params = self.flat.params
+        self.param_groups.append(group)
+        flat = flatten_parameters([p for g in self.param_groups for p in g["params"]], subset=True)
+        if flat is not self.flat:
+            self._follow()
+        else:
+            self._layout()
+        if self.state["step"]:  # the new parameters have taken no step yet
+            moved = {id(p): n for p, n in zip(old_params, steps)}
+            self._param_steps = np.array([moved.get(id(p), 0) for p in self.flat.params], dtype=np.int64)
+
+    def _follow(self) -> None:
+        """Move to the buffer this optimizer's parameters were repacked into (another optimizer
+        over more of the model, or ``add_param_group``), carrying each parameter's state."""
+        old = self.flat
+        new = old
+        while new.moved_to is not None:
+            new = new.moved_to
+        if new is old:
+            return
+        mine = [p for g in self.param_groups for p in g["params"]]
+        src = {id(p): (int(old.offsets[i]), int(old.offsets[i + 1]), i) for i, p in enumerate(old.params)}
+        dst = {id(p): (int(new.offsets[i]), i) for i, p in enumerate(new.params)}
+        for name, arr in list(self.state.items()):
+            if name != "step":
+                fresh = np.zeros_like(new.data)
+                for p in mine:
+                    if id(p) in src:
+                        a, b, _ = src[id(p)]
+                        fresh[dst[id(p)][0]:dst[id(p)][0] + b - a] = arr[a:b]
+                self.state[name] = fresh
+        if self._param_steps is not None:
+            steps = np.full(len(new.params), self.state["step"], dtype=np.int64)
+            for p in mine:
+                if id(p) in src:
+                    steps[dst[id(p)][1]] = self._param_steps[src[id(p)][2]]
+            self._param_steps = steps
+        self.flat = new
+        self._layout()
+        self._ensure_scratch(self._block_length())
+
+    def _steps_per_param(self) -> np.ndarray:
+        if self._param_steps is None:
+            return np.full(len(self.flat.params), self.state["step"], dtype=np.int64)
+        return self._param_steps
 
     # -- construction ----------------------------------------------------------------------
     def _make_group(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,24 +238,60 @@ class Optimizer:
         self.flat.zero_grad()
 
     def step(self) -> None:
-        """One update of every parameter from its current gradient, block by block."""
-        size, n = self._block_length(), self.flat.numel
+        """One update of every parameter from its current gradient, block by block. A parameter
+        with ``requires_grad=False`` or without a gradient since ``zero_grad`` is skipped, as
+        torch skips it: no weight decay, no momentum, its step count does not advance."""
+        self._follow()
+        runs = self._runs()
+        size = self._block_length()
         self._ensure_scratch(size)
         with no_grad():
             self.state["step"] += 1
-            step = self.state["step"]
-            self._flat_g = self.flat.flat_grad()  # once per step: it may zero-fill unused views
-            self._memo, self._flag_memo = {}, {}
-            tmp = self._tmp[:size]
+            # Once per step, where every view holds a gradient (O(1)); a skipped one is not zero-filled.
+            flat = self.flat
+            self._flat_g = flat.flat_grad() if flat.written == len(flat.params) else flat.grad
+            if runs is None:  # the usual case: the whole buffer, one step count
+                runs = [(0, max(self.flat.numel, 1), self.state["step"])]
+            else:
+                for key in self._flags:  # checked even when every parameter is skipped
+                    self._flag(key)
             try:
-                for start in range(0, max(n, 1), size):
-                    if start + size > n:  # the last, shorter block
-                        tmp = self._tmp[:n - start]
-                    self._blk, self._tmp_blk = slice(start, start + size), tmp
-                    self._update(step)
+                for lo, hi, step in runs:
+                    self._memo, self._flag_memo = {}, {}  # bias corrections differ between runs
+                    for start in range(lo, hi, size):
+                        end = min(start + size, hi)
+                        self._blk, self._tmp_blk = slice(start, end), self._tmp[:end - start]
+                        self._update(step)
             finally:
                 self._blk, self._memo, self._flag_memo = slice(None), None, None
                 self._tmp_blk = self._flat_g = None
+
+    def _runs(self) -> list[tuple[int, int, int]] | None:
+        """None when every parameter of the buffer is this optimizer's, requires grad, has a
+        gradient and has taken every step (one pass over the whole buffer); else the runs of
+        consecutive parameters to update, ``(start, end, their step count after this step)``.
+        The arithmetic stays per run, not per parameter: a frozen layer splits one run in two."""
+        flat = self.flat
+        params = flat.params
+        if self._param_steps is None and self._whole and flat.written == len(params) and not flat.frozen:
+            return None
+        gen = flat.generation
+        active = [own and p.requires_grad and p._grad_gen == gen for own, p in zip(self._own, params)]
+        steps = self._steps_per_param().copy()
+        steps[np.asarray(active, dtype=bool)] += 1
+        runs: list[tuple[int, int, int]] = []
+        offsets = flat.offsets
+        for i, on in enumerate(active):
+            if not on:
+                continue
+            lo, hi, n = int(offsets[i]), int(offsets[i + 1]), int(steps[i])
+            if runs and runs[-1][1] == lo and runs[-1][2] == n:
+                runs[-1] = (runs[-1][0], hi, n)
+            elif hi > lo:
+                runs.append((lo, hi, n))
+        uniform = self._whole and bool((steps == self.state["step"] + 1).all())
+        self._param_steps = None if uniform else steps
+        return runs
 
     def _update(self, step: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not define _update()")
@@ -326,12 +433,21 @@ class Optimizer:
         step = self.state["step"]
         out: dict[str, Any] = {"step": step if as_int_step else np.asarray(step, dtype=np.int64)}
         out.update((k, v.copy()) for k, v in self.state.items() if k != "step")
+        if self._param_steps is not None:  # only after a parameter was skipped
+            out["param_steps"] = self._param_steps.copy()
         return out
 
     def load_state_arrays(self, arrays: Mapping[str, Any]) -> None:
         """Copy state saved by ``state_arrays()`` (or a state_dict's "state") into this
         optimizer, after checking names and sizes; ValueError names any mismatch."""
         name, n = type(self).__name__, self.flat.numel
+        arrays = dict(arrays)
+        param_steps = arrays.pop("param_steps", None)
+        if param_steps is not None:
+            param_steps = np.asarray(param_steps)
+            _invalid(param_steps.shape != (len(self.flat.params),) or param_steps.dtype.kind not in "iu",
+                     f"{name}: optimizer state 'param_steps' has shape {param_steps.shape} in the state dict, "
+                     f"({len(self.flat.params)},) (one per parameter) in the optimizer")
         missing, unexpected = sorted(self.state.keys() - arrays.keys()), sorted(arrays.keys() - self.state.keys())
         _invalid(bool(missing or unexpected),
                  f"{name}: optimizer state names differ: missing {missing}, unexpected {unexpected}")
@@ -347,6 +463,19 @@ class Optimizer:
             if key != "step":
                 np.copyto(self.state[key], value, casting="same_kind")
         self.state["step"] = int(step)
+        self._param_steps = None if param_steps is None else param_steps.astype(np.int64)
+
+    def _param_state(self, p: Parameter) -> dict[str, Any]:
+        self._follow()
+        index = next((i for i, q in enumerate(self.flat.params) if q is p and self._own[i]), None)
+        if index is None:
+            raise KeyError(f"{type(self).__name__}.state: this parameter (shape {p.shape}) is not in the optimizer")
+        a, b = int(self.flat.offsets[index]), int(self.flat.offsets[index + 1])
+        out: dict[str, Any] = {"step": int(self._steps_per_param()[index])}
+        for name, arr in dict.items(self.state):
+            if name != "step":
+                out[name] = arr[a:b].reshape(p.shape)
+        return out
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ({self.flat.numel} parameters in one flat buffer)"]
@@ -354,6 +483,26 @@ class Optimizer:
             hps = ", ".join(f"{k}={v}" for k, v in group.items() if k != "params")
             lines.append(f"  group {i}: {len(group['params'])} params, {hps}")
         return "\n".join(lines)
+
+
+class _State(dict):
+    """The optimizer's state: flat arrays by name and "step", as distbp keeps them; indexed by
+    a parameter, torch's per-parameter view: ``opt.state[p]["exp_avg"]`` is p's slice of the
+    flat array (a view: writing it writes the state), ``["step"]`` its step count."""
+
+    def __init__(self, optimizer: "Optimizer") -> None:
+        super().__init__()
+        self._optimizer = optimizer
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, Parameter):
+            return self._optimizer._param_state(key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: Any) -> bool:
+        if isinstance(key, Parameter):
+            return any(p is key for g in self._optimizer.param_groups for p in g["params"])
+        return dict.__contains__(self, key)
 
 
 def _as_groups(params: Any, owner: str) -> list[Mapping[str, Any]]:
