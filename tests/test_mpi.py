@@ -231,3 +231,16 @@ def test_resumed_replicas_take_the_coordinators_optimizer_state(tmp_path):
     res = mpirun(2, part, "--resume", "auto", "--set", "comm.check_every=1", script=SCRAMBLED_STATE)
     assert res.returncode == 0, res.stderr
     assert np.array_equal(final_params(part), final_params(full))
+
+
+def test_clipping_is_applied_to_the_global_gradient(tmp_path):
+    """Clipped after the all-reduce: 3 ranks end where one process ends, and clipping acts."""
+    clip = ["train.clip_grad_norm=0.05"]
+    res = mpirun(3, tmp_path / "mpi", overrides=OVERRIDES + clip)
+    assert res.returncode == 0, res.stderr
+    import io
+    Trainer(resolve(None, OVERRIDES + clip), run_dir=tmp_path / "one", resume="never", stream=io.StringIO()).run()
+    np.testing.assert_allclose(final_params(tmp_path / "mpi"), final_params(tmp_path / "one"), rtol=0, atol=1e-5)
+    unclipped = tmp_path / "free"
+    Trainer(resolve(None, OVERRIDES), run_dir=unclipped, resume="never", stream=io.StringIO()).run()
+    assert np.abs(final_params(unclipped) - final_params(tmp_path / "one")).max() > 1e-3

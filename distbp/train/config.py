@@ -107,6 +107,9 @@ SCHEMA: dict[str, Any] = {
         "metrics": Field("str_list", [], choices=METRIC_NAMES),
         # {metric, patience, mode}: stop when the metric has not improved for `patience` evaluations.
         "early_stopping": Field("mapping", {}),
+        # torch.nn.utils.clip_grad_norm_ on the global gradient (after the all-reduce, so the
+        # clipped step is the same for any number of workers); null: no clipping.
+        "clip_grad_norm": Field("float", None, min=0.0, min_open=True, nullable=True),
     },
     "optimizer": {
         "name": Field("str", "adam", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")),
@@ -159,6 +162,10 @@ SCHEMA: dict[str, Any] = {
 _HASH_EXCLUDED = {"run_dir", "checkpoint", "comm", "train.epochs", "train.max_steps", "train.metrics",
                   "train.early_stopping", "data.test_path", "data.test_labels",
                   "train.eval_every", "train.log_every", "train.progress"}
+
+# Keys added after run directories existed whose default (None) changes nothing: left out of
+# the hash at that default, so a run started before them still resumes.
+_ADDED_LATER = ("train.clip_grad_norm",)
 
 
 def defaults(schema: dict[str, Any] = SCHEMA) -> dict[str, Any]:
@@ -561,6 +568,10 @@ def config_hash(cfg: dict[str, Any], extra: Any = None) -> str:
     keys that take no effect). ``extra`` (JSON) stands for what the config does not describe,
     such as a model passed to the Trainer as an object."""
     semantic = effective(cfg)
+    for path in _ADDED_LATER:  # at their default, as before they existed: older runs still resume
+        node, key = path.split(".")
+        if semantic.get(node, {}).get(key, 0) is None:
+            semantic[node].pop(key)
     for path in _HASH_EXCLUDED:
         node, *rest = path.split(".")
         if rest:

@@ -108,6 +108,15 @@ class _Run:
     samples_since_log: int = 0
 
 
+def _clip_grad_norm(grad: np.ndarray, squares: float, max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ on the flat global gradient: scaled by
+    max_norm / (norm + 1e-6) when that is below 1. ``squares`` is grad . grad, already computed."""
+    norm = math.sqrt(squares) if math.isfinite(squares) else float(np.linalg.norm(grad.astype(np.float64)))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        grad *= grad.dtype.type(coef)
+
+
 def as_input(x: np.ndarray, dtype: np.dtype) -> Any:
     """A batch as the model takes it: integer ids as they are (embeddings look them up),
     features as a Tensor of the parameters' dtype."""
@@ -659,6 +668,7 @@ class Trainer:
         Returns the stats summed over workers (global mean loss, stop requests) and the
         global batch size."""
         sampler, model, opt = run.sampler, run.model, run.opt
+        clip = self.cfg["train"]["clip_grad_norm"]
         idx, batch = sampler.local_indices(step)
         if not self.comm.computes_gradients:
             idx = idx[:0]
@@ -683,8 +693,11 @@ class Trainer:
                 # One BLAS pass (a dot is 2x faster than a sum here: bench/trainer.py): NaN or inf
                 # anywhere makes it non-finite; squares of large finite values can overflow,
                 # so a non-finite result is confirmed elementwise.
-                if not (math.isfinite(local_loss) and (np.isfinite(np.dot(grad, grad)) or bool(np.isfinite(grad).all()))):
+                squares = np.dot(grad, grad)
+                if not (math.isfinite(local_loss) and (np.isfinite(squares) or bool(np.isfinite(grad).all()))):
                     self._raise_non_finite(step + 1, local_loss, model)
+                if clip is not None:
+                    _clip_grad_norm(grad, squares, clip)
                 opt.step()
 
             stats = np.array([local_loss, 0.0 if self._signal is None else 1.0])
