@@ -117,13 +117,5 @@ class Parameter(Tensor):
         if old_grad is not None:
             self.grad = old_grad
 
-    def _unbind(self) -> None:
-        """Leave the flat buffer, keeping a private copy of the values (for ``Module.to``)."""
-        if self._flat is not None:
-            data, grad = self.data.copy(), self.grad
-            self._flat, self._grad_view, self._grad_gen = None, None, -1
-            _DATA_SLOT.__set__(self, data)
-            _GRAD_SLOT.__set__(self, None if grad is None else grad.copy())
-
     def __repr__(self) -> str:
         return "Parameter(" + super().__repr__() + ")"
