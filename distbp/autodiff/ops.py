@@ -146,7 +146,7 @@ exp = Primitive("exp", np.exp, lambda g, ans, a: g * ans,
 log = Primitive("log", np.log, lambda g, ans, a: g / a)
 log1p = Primitive("log1p", np.log1p, lambda g, ans, a: g / (1 + a))
 _erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; math.erf is exact (and scalar)
-erf = Primitive("erf", lambda a: _erf(a).astype(a.dtype),
+erf = Primitive("erf", lambda a: np.asarray(_erf(a), dtype=a.dtype),
                 lambda g, ans, a: g * ((2 / math.sqrt(math.pi)) * np.exp(-a * a)))
 sqrt = Primitive("sqrt", np.sqrt, lambda g, ans, a: g / (2 * ans))
 abs_ = Primitive("abs", np.abs, lambda g, ans, a: g * np.sign(a))
