@@ -223,3 +223,21 @@ def test_torch_agrees_on_frozen_and_unfrozen_parameters_where_installed():
     for p, tp in zip(ours, theirs):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12)
     assert math.isclose(opt.state[ours[1]]["step"], float(topt.state[theirs[1]]["step"]))
+
+
+def test_a_state_saved_before_any_scheduler_loads_into_an_optimizer_with_one():
+    """Schedulers record initial_lr in the param groups, as torch: checkpoints written before
+    that (or without a scheduler) still load, and the other way round."""
+    (a,) = _params((3,))
+    plain = optim.Adam([a], lr=0.1)
+    saved = plain.state_dict()
+    (b,) = _params((3,))
+    scheduled = optim.Adam([b], lr=0.1)
+    optim.lr_scheduler.StepLR(scheduled, step_size=2)
+    scheduled.load_state_dict(saved)
+    assert scheduled.param_groups[0]["initial_lr"] == 0.1
+    plain.load_state_dict(scheduled.state_dict())
+    with pytest.raises(ValueError, match=r"missing \['eps'\]"):
+        bad = scheduled.state_dict()
+        del bad["param_groups"][0]["eps"]
+        plain.load_state_dict(bad)

@@ -418,10 +418,15 @@ class Optimizer:
             _invalid(list(saved.get("params", [])) != idx,
                      f"{name}.load_state_dict: param group {i} holds parameters {list(saved.get('params', []))} "
                      f"in the state dict, {idx} in the optimizer")
-            missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+            # "initial_lr" is a scheduler's record (torch's name): a state saved before any
+            # scheduler was built lacks it, one saved after has it; neither is a mismatch.
+            missing = sorted(own.keys() - saved.keys() - {"initial_lr"})
+            unexpected = sorted(saved.keys() - own.keys() - {"initial_lr"})
             _invalid(bool(missing or unexpected),
                      f"{name}.load_state_dict: param group {i}: missing {missing}, unexpected {unexpected}")
             group = {**copy.deepcopy({k: v for k, v in saved.items() if k != "params"}), "params": own["params"]}
+            if "initial_lr" in own and "initial_lr" not in group:
+                group["initial_lr"] = own["initial_lr"]
             self._check(group)
             new_groups.append(group)
         self.load_state_arrays(state_dict["state"])
