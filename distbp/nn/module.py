@@ -156,12 +156,11 @@ def _first_param_dtype(module: "Module") -> np.dtype | None:
 
 
 def _cast_inputs(module: "Module", args: tuple) -> tuple:
-    """``args`` with each floating ndarray (or list of floats) cast to the dtype of the
-    module's parameters, so float64 numpy data does not silently make a float32 model compute
-    in float64. Integer arrays (ids for embeddings), Tensors and other objects pass unchanged."""
+    """``args`` with each floating ndarray (or list of floats) made a Tensor of the dtype of
+    the module's parameters: float64 numpy data does not silently make a float32 model compute
+    in float64, and ``forward`` sees a Tensor (``x.view``, ``x.size(0)``), as in torch. Integer
+    arrays (ids for embeddings), Tensors and other objects pass unchanged."""
     dtype = _first_param_dtype(module)
-    if dtype is None:
-        return args
     out = list(args)
     for i, a in enumerate(args):
         if type(a) is list:
@@ -174,8 +173,8 @@ def _cast_inputs(module: "Module", args: tuple) -> tuple:
             if a.dtype.kind != "f":
                 continue
             out[i] = a
-        if type(a) is np.ndarray and a.dtype.kind == "f" and a.dtype != dtype:
-            out[i] = a.astype(dtype)
+        if type(a) is np.ndarray and a.dtype.kind == "f":
+            out[i] = Tensor._wrap(a if dtype is None else a.astype(dtype, copy=False))
     return tuple(out)
 
 
