@@ -628,60 +628,11 @@ class Tensor:
             self._accumulate_grad(grad)
             return
         order, leaf_uses = _topological_order(self)
-        # A non-leaf node's pending gradient waits in its own .grad slot (None outside backward)
-        # rather than in a dict keyed by id(): a slot costs a fraction of a hashed lookup.
-        owned: set[int] = set()  # nodes whose pending gradient array nothing else can see
-        kept = _stash_retained(order) if _retained else None
+        walk = _Walk(leaf_uses, retain_graph, _stash_retained(order) if _retained else None)
         self.grad = grad
-        pop = order.pop
         try:
             while order:
-                node = pop()  # outputs come off first
-                prim, parents, args, kwargs = node._record
-                if not retain_graph:
-                    node._record = _FREED
-                g, node.grad = node.grad, None
-                if kept is not None and id(node) in kept:
-                    g = _retain(node, g, kept.pop(id(node)))
-                key = id(node)
-                g_owned = key in owned
-                if g_owned:
-                    owned.discard(key)
-                ans = node.data
-                if prim.pre is not None:
-                    g = prim.pre(g, g_owned, ans, *args, **kwargs)
-                    g_owned = True
-                if g_owned and prim.inplace is not None and parents[0][1]._record is not None:
-                    # The one consumer of g is this VJP: overwrite it instead of allocating anew.
-                    parent = parents[0][1]
-                    pg = prim.inplace(g, ans, *args, **kwargs)
-                    if parent.grad is None:
-                        parent.grad = pg
-                        owned.add(id(parent))
-                    else:
-                        _add_pending(parent, pg, owned)
-                    continue
-                for argnum, parent in parents:
-                    if parent._record is None:
-                        # Leaves take each contribution at once, so a parameter's gradient is final
-                        # right after its last consumer (and the overlapped all-reduce of its bucket
-                        # can start) rather than wherever the depth-first order put the leaf.
-                        key = id(parent)
-                        uses = leaf_uses[key] - 1
-                        leaf_uses[key] = uses
-                        into = prim.into.get(argnum)
-                        if into is None or not parent._grad_into(into, g, ans, args, kwargs, uses == 0):
-                            parent._accumulate_grad(unbroadcast(prim.vjp(argnum, g, ans, args, kwargs),
-                                                                parent.data.shape), final=uses == 0)
-                    else:
-                        pg = unbroadcast(prim.vjp(argnum, g, ans, args, kwargs), parent.data.shape)
-                        if parent.grad is None:
-                            parent.grad = pg
-                            # A fresh array (not g, an input, the output, or a view of them) is ours.
-                            if pg.flags.owndata and pg is not g and pg is not ans and _is_none_of(pg, args):
-                                owned.add(id(parent))
-                        else:
-                            _add_pending(parent, pg, owned)
+                walk.node(order.pop())  # outputs come off first
         except BaseException:
             for node in order:  # an error mid-walk: leave no pending gradient behind
                 node.grad = None
@@ -701,6 +652,71 @@ class Tensor:
         if grad.shape != self.shape:
             raise ShapeError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
         return grad
+
+
+class _Walk:
+    """One backward pass: each node's VJPs, handed to its parents.
+
+    A non-leaf node's pending gradient waits in its own .grad slot (None outside backward)
+    rather than in a dict keyed by id(): a slot costs a fraction of a hashed lookup.
+    ``owned`` holds the nodes whose pending gradient array nothing else can see: those may be
+    summed into, or overwritten by an in-place VJP, instead of allocating anew."""
+
+    __slots__ = ("leaf_uses", "retain_graph", "kept", "owned")
+
+    def __init__(self, leaf_uses: dict[int, int], retain_graph: bool, kept: dict | None) -> None:
+        self.leaf_uses, self.retain_graph, self.kept = leaf_uses, retain_graph, kept
+        self.owned: set[int] = set()
+
+    def node(self, node: Tensor) -> None:
+        prim, parents, args, kwargs = node._record
+        if not self.retain_graph:
+            node._record = _FREED
+        g, node.grad = node.grad, None
+        key = id(node)
+        g_owned = key in self.owned
+        if g_owned:
+            self.owned.discard(key)
+        if self.kept is not None and key in self.kept:
+            g = _retain(node, g, self.kept.pop(key))
+        ans = node.data
+        if prim.pre is not None:
+            g = prim.pre(g, g_owned, ans, *args, **kwargs)
+            g_owned = True
+        if g_owned and prim.inplace is not None and parents[0][1]._record is not None:
+            # The one consumer of g is this VJP: overwrite it instead of allocating anew.
+            self.pending(parents[0][1], prim.inplace(g, ans, *args, **kwargs), True)
+            return
+        for argnum, parent in parents:
+            if parent._record is None:
+                self.leaf(parent, prim, argnum, g, ans, args, kwargs)
+            else:
+                pg = unbroadcast(prim.vjp(argnum, g, ans, args, kwargs), parent.data.shape)
+                # A fresh array (not g, an input, the output, or a view of them) is ours.
+                self.pending(parent, pg, pg.flags.owndata and pg is not g and pg is not ans and _is_none_of(pg, args))
+
+    def leaf(self, leaf: Tensor, prim: Primitive, argnum: int, g: np.ndarray, ans: np.ndarray,
+             args: Sequence, kwargs: dict) -> None:
+        """Leaves take each contribution at once, so a parameter's gradient is final right
+        after its last consumer (and the overlapped all-reduce of its bucket can start) rather
+        than wherever the depth-first order put the leaf."""
+        key = id(leaf)
+        uses = self.leaf_uses[key] - 1
+        self.leaf_uses[key] = uses
+        into = prim.into.get(argnum)
+        if into is None or not leaf._grad_into(into, g, ans, args, kwargs, uses == 0):
+            leaf._accumulate_grad(unbroadcast(prim.vjp(argnum, g, ans, args, kwargs), leaf.data.shape),
+                                  final=uses == 0)
+
+    def pending(self, node: Tensor, pg: np.ndarray, fresh: bool) -> None:
+        """Contribution ``pg`` to non-leaf ``node``'s pending gradient: the first is kept
+        as it is (ours if ``fresh``); later ones are summed (``_add_pending``)."""
+        if node.grad is None:
+            node.grad = pg
+            if fresh:
+                self.owned.add(id(node))
+        else:
+            _add_pending(node, pg, self.owned)
 
 
 # Non-leaf tensors that called retain_grad(), by id (a weak reference guards against a reused id).
