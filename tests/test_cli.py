@@ -360,11 +360,11 @@ def test_gradcheck_bad_arguments_exit_2():
         assert info.value.code == 2
 
 
-def test_run_dir_that_is_a_file_exit_1(tmp_path, capsys):
+def test_run_dir_that_is_a_file_exit_2(tmp_path, capsys):
     target = tmp_path / "afile"
     target.write_text("")
     code, _, err = _train(capsys, "--run-dir", str(target), *_sets(SMALL))
-    assert code == 1
+    assert code == 2  # a bad --run-dir (config.RunDirError), refused before training
     msg = _assert_one_error(err)
     assert "afile" in msg and "internal error" not in msg
 

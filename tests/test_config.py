@@ -141,7 +141,7 @@ def test_section_must_be_a_mapping():
     ("optimizer.lr=[0.1]", "optimizer.lr: expected a number, got [0.1]"),
     ("optimizer.lr=.nan", "optimizer.lr: expected a finite number, got nan"),
     ("optimizer.nesterov=3", "optimizer.nesterov: expected true or false, got 3"),
-    ("run_dir=123", "run_dir: expected a string, got 123"),
+    ("run_dir=[123]", "run_dir: expected a string, got [123]"),  # a bare 123 is the directory "123"
     ("run_dir=null", "run_dir: a value is required (default 'runs/digits-mlp')"),
     ("model.sizes=64", "model.sizes: expected a non-empty list, got 64"),
     ("model.sizes=[]", "model.sizes: expected a non-empty list, got []"),
@@ -464,8 +464,11 @@ def test_semantic_diff_names_the_key():
     (["schedule.name=warmup", "schedule.after=cosine", "schedule.gamma=0.5"],
      "schedule.gamma: has no effect with schedule.name: warmup then cosine; it applies to the step schedule "
      "(remove the key, or choose that variant)"),
-    (["comm.timeout_s=3"], "comm.timeout_s: has no effect with comm.backend: auto; it applies to comm.backend: zmq "
-                           "(remove the key, or choose that variant)"),
+    (["comm.backend=local", "comm.timeout_s=3"],
+     "comm.timeout_s: has no effect with comm.backend: local; it applies to comm.backend: zmq or mpi (or auto "
+     "under mpirun) (remove the key, or choose that variant)"),
+    (["comm.heartbeat_s=3"], "comm.heartbeat_s: has no effect with comm.backend: auto; it applies to comm.backend: "
+                             "zmq (remove the key, or choose that variant)"),
 ])
 def test_a_key_without_effect_is_refused_naming_key_and_variant(sets, message):
     assert _error(overrides=tuple(sets)) == message

@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import nn, optim
 from ..autodiff.tensor import Tensor
 from ..data import DataInfo
-from .config import AUTO, ConfigError, _suggest
+from .config import AUTO, ConfigError, _suggest, check_model_memory, mlp_tensors
 from .factory import call_factory, import_object
 
 # A loss maps (outputs, targets, scale) to scale * (sum of per-sample losses): every worker
@@ -81,12 +81,26 @@ def _layer_spec(i: int, item: Any) -> tuple[str, list[Any], dict[str, Any]]:
                       f"(Linear: [auto, 128]), got {item!r}")
 
 
-def _sequential(layers: list[Any], info: DataInfo, rng: np.random.Generator) -> nn.Module:
+def _tensor_sizes(cls: type, bound: dict[str, Any]) -> list[int]:
+    """The parameter tensors' sizes a Linear or Embedding of ``bound`` arguments would allocate."""
+    def n(*keys: str) -> int | None:
+        v = next((bound[k] for k in keys if bound.get(k) is not None), None)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+    if cls is nn.Linear and n("in_features") and n("out_features"):
+        return [n("in_features") * n("out_features")] + ([n("out_features")] if bound.get("bias", True) else [])
+    if cls is nn.Embedding and n("num_embeddings") and n("embedding_dim", "dim"):
+        return [n("num_embeddings") * n("embedding_dim", "dim")]
+    return []
+
+
+def _sequential(layers: list[Any], info: DataInfo, rng: np.random.Generator,
+                cfg: dict[str, Any] | None = None) -> nn.Module:
     """`model.layers`, each built from its torch-named class; `auto` sizes follow the data:
     an input size is what the layer before gives, an output size the number of classes (or
     regression targets), an Embedding's table the vocabulary."""
     shape = info.shape
     modules = []
+    tensors: list[int] = []  # the parameters so far, checked against memory before each layer is built
     for i, item in enumerate(layers):
         name, args, kwargs = _layer_spec(i, item)
         where = f"model.layers[{i}]"
@@ -109,6 +123,9 @@ def _sequential(layers: list[Any], info: DataInfo, rng: np.random.Generator) -> 
                 bound[key] = autos[key]
         if "rng" in sig.parameters:
             bound["rng"] = rng
+        tensors += _tensor_sizes(cls, bound)
+        if cfg is not None:
+            check_model_memory(cfg, where, tensors)
         try:
             module = cls(**bound)
         except (TypeError, ValueError) as e:
@@ -139,11 +156,15 @@ def build_model(cfg: dict[str, Any], info: DataInfo) -> nn.Module:
             raise ConfigError(f"model.factory: {m['factory']} returned a {type(model).__name__} with no parameters")
         return model
     if m["type"] == "window":
+        width, vocab, classes = 2 * m["window"] + 1, info.vocab_size or 0, info.classes or 1
+        check_model_memory(cfg, "model.embed_dim and model.hidden", [
+            vocab * m["embed_dim"], width * m["embed_dim"] * m["hidden"], m["hidden"], m["hidden"] * classes, classes])
         model = nn.WindowClassifier(info.vocab_size or 0, m["embed_dim"], m["window"], m["hidden"],
                                     info.classes or 1, m["activation"], rng=rng)
     elif m["type"] == "sequential":
-        model = _sequential(m["layers"], info, rng)
+        model = _sequential(m["layers"], info, rng, cfg)
     else:
+        check_model_memory(cfg, "model.sizes", mlp_tensors(_auto_sizes(m["sizes"], info)))
         model = _mlp(m, info, rng)
     if m["init"] != "xavier_uniform":
         for _, module in model.named_modules():
