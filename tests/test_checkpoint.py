@@ -206,7 +206,7 @@ def test_not_a_distbp_npz(tmp_path):
 def test_not_an_npz(tmp_path):
     path = tmp_path / "text.npz"
     path.write_text("hello\n")
-    _read_error(path)
+    assert "not an .npz file" in _read_error(path)
 
 
 def test_no_params(tmp_path):
@@ -254,13 +254,15 @@ def test_pruning_counts_back_from_the_checkpoint_just_written(tmp_path):
     d = tmp_path / "checkpoints"
     damaged = write_checkpoint(d, 30, _arrays(30), {}, keep=1)
     damaged.write_bytes(damaged.read_bytes()[:64])
+    damaged_bytes = damaged.read_bytes()
     for step in (5, 10):
         path = write_checkpoint(d, step, _arrays(step), {}, keep=1)
         assert path.exists()
     assert [p.name for p in list_checkpoints(d)] == ["step-00000010.npz", "step-00000030.npz"]
     c, warnings = latest_valid(d)
     assert c.step == 10 and len(warnings) == 1
-    # reaching the damaged step replaces it
+    # reaching the damaged step writes the new one in its place, the damaged one moved to damaged/
     write_checkpoint(d, 30, _arrays(30), {}, keep=1)
     assert [p.name for p in list_checkpoints(d)] == ["step-00000030.npz"]
     assert read_checkpoint(d / "step-00000030.npz").step == 30
+    assert (d / "damaged" / "step-00000030.npz").read_bytes() == damaged_bytes
