@@ -14,12 +14,20 @@ process caps its BLAS threads at cores // (N+1) unless comm.threads is given) an
 ``PYTHONUNBUFFERED=1``. The server's output passes through; workers' lines are prefixed with
 ``[worker i]`` (i is the launch index; the server assigns ranks in joining order) on stderr.
 
-The launcher exits with the server's exit code (128 + signal if the server was killed by one).
-SIGINT, SIGTERM or SIGHUP to the launcher is forwarded to the server, which finishes its step,
-writes a checkpoint, tells the workers to stop and exits 128 + signal; a second signal, or a
-server still running ``--grace`` seconds later, gets every child killed. Each child runs in its
-own process group, which is killed on every way out of the launcher; on Linux the children
-also get SIGTERM if the launcher itself is killed (PR_SET_PDEATHSIG).
+With ``--set comm.curve=DIR`` and per-worker keys in DIR (``distbp-keys DIR --workers N``),
+worker i gets ``--set comm.curve=DIR/worker-i``: its own key (a key admits one worker).
+
+The launcher exits with the server's exit code (128 + signal if the server was killed by one,
+said as ``server (pid P) was killed by SIGKILL``). It watches the server: one that makes no
+progress at all for 2 x comm.timeout_s (stopped, deadlocked: no CPU time, no wake-up; a live
+server wakes at least every second), or that is still running max(2 x comm.timeout_s,
+comm.join_timeout_s) after every worker has exited and one of them failed, is killed, the
+launcher says why and exits 1. SIGINT, SIGTERM or SIGHUP to the launcher is forwarded to the
+server, which finishes its step, writes a checkpoint, tells the workers to stop and exits
+128 + signal; a second signal, or a server still running ``--grace`` seconds later, gets every
+child killed. Each child runs in its own process group, which is killed on every way out of the
+launcher; on Linux the children also get SIGTERM if the launcher itself is killed
+(PR_SET_PDEATHSIG).
 
 ``--print-commands`` prints, one line per process (the server first, then the workers), the
 environment variables the launcher sets and the exact command line, shell-quoted, and exits.
@@ -43,6 +51,8 @@ USAGE = f"usage: {PROG} [--print-commands] [--grace SECONDS] N [distbp-train arg
 OWN_KEYS = ("comm.backend", "comm.role", "comm.workers")  # the launcher's to set, not the user's
 WORKER_GRACE_S = 10.0  # after the server exits, how long workers get to exit by themselves
 KILL_WAIT_S = 5.0  # between SIGTERM and SIGKILL of a leftover process group
+SAMPLE_S = 0.5  # how often the server's vital signs are read
+DEFAULT_TIMEOUTS = (10.0, 60.0)  # comm.timeout_s, comm.join_timeout_s when the config cannot be read
 
 
 class UsageError(Exception):
@@ -85,7 +95,19 @@ def plan(n: int, args: Sequence[str], python: str = sys.executable,
         ["--set", f"comm.endpoint=tcp://127.0.0.1:{port if port is not None else free_port()}"]
     server = [*program, "--set", "comm.role=server", "--set", f"comm.workers={n}", *endpoint]
     worker = [*program, "--set", "comm.role=worker", *endpoint]
-    return [(env, server)] + [(env, list(worker)) for _ in range(n)]
+    return [(env, server)] + [(env, [*worker, *own_key(sets.get("comm.curve"), i, n)]) for i in range(n)]
+
+
+def own_key(curve: str | None, i: int, n: int) -> list[str]:
+    """Worker i's ``--set comm.curve=DIR/worker-i`` when DIR holds one key per worker."""
+    if not curve or not os.path.isdir(os.path.join(curve, "worker-0")):
+        return []  # no CURVE, or the single-key layout (for one worker)
+    mine = os.path.join(curve, f"worker-{i}")
+    if not os.path.isdir(mine):
+        have = sum(os.path.isdir(os.path.join(curve, f"worker-{k}")) for k in range(n))
+        raise UsageError(f"--set comm.curve={curve}: it holds keys for {have} worker(s), not {n} (a key admits "
+                         f"one worker); make {n} with distbp-keys NEWDIR --workers {n}")
+    return ["--set", f"comm.curve={mine}"]
 
 
 def command_line(env: dict[str, str], argv: Sequence[str]) -> str:
@@ -133,6 +155,85 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
             pass
 
 
+def _how_it_ended(name: str, proc: subprocess.Popen) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        try:
+            how = signal.Signals(-code).name
+        except ValueError:
+            how = f"signal {-code}"
+        return f"{name} (pid {proc.pid}) was killed by {how}"
+    return f"{name} (pid {proc.pid}) exited with code {code}"
+
+
+def _vital_signs(pid: int) -> tuple[str, tuple[int, int]] | None:
+    """(state, (CPU ticks, context switches)) of a process from /proc, or None where there
+    is no /proc. The second part changes whenever it runs or wakes up at all; a stopped
+    (T), traced (t) or deadlocked process leaves it unchanged."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except OSError:
+        return None
+    try:
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime, every thread
+        switches = sum(int(line.split()[1]) for line in status.splitlines()
+                       if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+    except (ValueError, IndexError):
+        return None
+    return fields[0], (ticks, switches)
+
+
+class _Watch:
+    """Whether the server still makes progress: its vital signs, sampled every SAMPLE_S."""
+
+    STATES = {"T": "it is stopped", "t": "it is stopped by a debugger", "D": "it waits on a device or file system",
+              "Z": "it has exited"}
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        now = time.monotonic()
+        self.last_change, self.next_sample = now, now
+        self.signs = _vital_signs(pid)
+        self.state = self.signs[0] if self.signs else "?"
+
+    def still_for(self) -> float:
+        """Seconds since the server last showed a sign of life (0 without /proc)."""
+        now = time.monotonic()
+        if now >= self.next_sample:
+            self.next_sample = now + SAMPLE_S
+            signs = _vital_signs(self.pid)
+            if signs is None:
+                self.last_change = now
+            else:
+                self.state = signs[0]
+                if self.signs is None or signs[1] != self.signs[1]:
+                    self.last_change = now
+                self.signs = signs
+        return now - self.last_change
+
+    def how(self) -> str:
+        return self.STATES.get(self.state, "it uses no CPU and does not wake up")
+
+
+def _config_timeouts(argv: Sequence[str], env: dict[str, str]) -> tuple[int, tuple[float, float]]:
+    """Check the config once (the server's command line with --print-config): its exit code,
+    and comm.timeout_s and comm.join_timeout_s."""
+    check = subprocess.run([*argv, "--print-config"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    if check.returncode != 0:
+        return check.returncode, DEFAULT_TIMEOUTS
+    try:
+        import yaml
+
+        comm = yaml.safe_load(check.stdout)["comm"]
+        return 0, (float(comm["timeout_s"]), float(comm["join_timeout_s"]))
+    except Exception:  # the job still runs; the watch uses the defaults
+        return 0, DEFAULT_TIMEOUTS
+
+
 def _stop(procs: list[subprocess.Popen], wait_s: float) -> None:
     """Let procs exit within wait_s, then SIGTERM their groups, then SIGKILL; reap them all."""
     for sig, limit in ((None, wait_s), (signal.SIGTERM, KILL_WAIT_S), (signal.SIGKILL, KILL_WAIT_S)):
@@ -156,10 +257,9 @@ def run(n: int, args: Sequence[str], grace_s: float) -> int:
     # The config is checked once, by the server's command line, before anything starts: a bad
     # key gives one message and exit code 2, not one per process.
     env_add, argv = commands[0]
-    check = subprocess.run([*argv, "--print-config"], env=dict(os.environ, **env_add), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL)
-    if check.returncode != 0:
-        return 128 - check.returncode if check.returncode < 0 else check.returncode
+    checked, (timeout_s, join_timeout_s) = _config_timeouts(argv, dict(os.environ, **env_add))
+    if checked != 0:
+        return 128 - checked if checked < 0 else checked
     hook = _die_with_parent_hook()
     received: list[int] = []
 
@@ -191,6 +291,9 @@ def run(n: int, args: Sequence[str], grace_s: float) -> int:
 
         forwarded, deadline = 0, None
         reported: dict[int, float] = {}  # worker index: when it failed
+        watch = _Watch(server.pid)
+        all_gone: float | None = None  # when the last worker exited, if every one has and one failed
+        hung: str | None = None
         while server.poll() is None:
             if len(received) > forwarded:
                 if forwarded == 0:
@@ -212,13 +315,33 @@ def run(n: int, args: Sequence[str], grace_s: float) -> int:
                     reported[i] = time.monotonic()
                 if i in reported and reported[i] and time.monotonic() - reported[i] > 1.0:
                     reported[i] = 0.0  # said once, if the server has not ended the job by then
-                    print(f"{PROG}: worker {i} exited with code {w.returncode}; the server will stop the job "
+                    print(f"{PROG}: {_how_it_ended(f'worker {i}', w)}; the server will stop the job "
                           "(comm.timeout_s, comm.join_timeout_s)", file=sys.stderr, flush=True)
+            # A server that stops answering must not hold the launcher forever.
+            if all_gone is None and reported and all(w.returncode is not None for w in workers):
+                all_gone = time.monotonic()
+            still = watch.still_for()
+            if still >= 2 * timeout_s:
+                hung = (f"the server (pid {server.pid}) has made no progress for {still:.0f} s (2 x comm.timeout_s; "
+                        f"{watch.how()})")
+            elif all_gone is not None and time.monotonic() - all_gone >= max(2 * timeout_s, join_timeout_s):
+                hung = (f"the server (pid {server.pid}) is still running {time.monotonic() - all_gone:.0f} s after "
+                        "every worker exited")
+            if hung is not None:
+                print(f"{PROG}: {hung}: killing it", file=sys.stderr, flush=True)
+                if watch.state in "Tt":
+                    _signal_group(server, signal.SIGKILL)  # a stopped process never handles SIGTERM
+                _stop([server], 0)
+                break
             time.sleep(0.05)
         code = server.returncode
+        if code is not None and code < 0:
+            print(f"{PROG}: {_how_it_ended('server', server)}", file=sys.stderr, flush=True)
         # Workers exit by themselves once the server has sent the last parameters or a stop;
         # ones still waiting (say, for a server that never started) are ended.
-        _stop(workers, WORKER_GRACE_S if code == 0 else 2.0)
+        _stop(workers, WORKER_GRACE_S if code == 0 and hung is None else 2.0)
+        if hung is not None:
+            return 1
         return 128 - code if code < 0 else code
     finally:
         _stop([p for p in (server, *workers) if p is not None], 0)

@@ -243,7 +243,8 @@ def test_the_worker_count_comes_from_the_environment():
 def test_compose_services_run_what_zmq_local_runs(n):
     """The coordinator's and workers' entrypoint + command + environment are zmq-local's
     server and worker command lines, up to the documented differences: the endpoint
-    (bind every interface / connect to the service name) and where comm.workers comes from."""
+    (bind every interface / connect to the service name), the coordinator's comm.insecure and
+    where comm.workers comes from."""
     variables = {} if n == 2 else {"WORKERS": str(n), "DISTBP_LOCAL_PROCS": str(n + 1)}
     services = compose_services(variables)
     procs = print_commands(n, *COMPOSE_USER_ARGS)
@@ -255,7 +256,8 @@ def test_compose_services_run_what_zmq_local_runs(n):
     assert entrypoint() == ["distbp-train"]
     assert server[:3] == worker[:3] == PROGRAM
     local = endpoint_of(server)
-    expected = {"coordinator": [a.replace(local, "tcp://0.0.0.0:5555") for a in server[3:]],
+    expected = {"coordinator": [a.replace(local, "tcp://0.0.0.0:5555") for a in server[3:]]
+                + ["--set", "comm.insecure=true"],  # a bind beyond loopback, without CURVE
                 "worker": [a.replace(local, "tcp://coordinator:5555") for a in worker[3:]]}
     for name, argv in expected.items():
         assert services[name]["command"] == argv, f"{name}: compose and zmq-local differ"

@@ -8,41 +8,161 @@ and distbp version; the server assigns ranks in joining order, so identical work
 can be scaled. One ROUTER socket on the server, one DEALER per worker (and one more per
 worker for heartbeats, so a long step never looks like a dead worker). Every receive has a
 deadline; messages are validated by ``wire`` and a bad one is dropped, counted and logged.
+
+Who may join. The hello holds only public facts, so it proves nothing: admission rests on
+CURVE (``comm.curve``). The server admits only connections whose public key is in
+``DIR/clients`` (ZAP, checked by ``_ClientKeys``), learns from every message's ``User-Id``
+which key sent it, and binds each rank to the key it joined with: a key holds at most one
+rank (a second hello with it is refused, and messages of that key on any other connection
+are dropped, both logged), and a rank's messages must come with its key. ``distbp-keys DIR
+--workers N`` makes one key per worker. Without CURVE the server binds only to this machine
+(loopback, ipc://) unless ``comm.insecure: true`` says that the network is trusted. Lines that
+strangers can cause (refusals, foreign keys) are logged at most once per peer every
+``LOG_EVERY_S`` seconds, with a count of those held back.
+
+Every worker's numbers are checked: a non-finite loss or gradient stops the job with
+``WorkerFault`` naming the worker, before this step's update, so the checkpoint the Trainer
+then writes holds the last good step.
+
+Memory. The server holds in Python at most one gradient frame per rank (the step's frames,
+until they are summed); anything else is dropped as soon as it is read. libzmq queues at most
+``RCVHWM`` messages per connection, each at most a gradient's size (``MAXMSGSIZE``), and then
+stops reading that connection (TCP back-pressure); under CURVE only key holders get a
+connection past the handshake.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import math
 import os
 import socket as pysocket
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import zmq
 
 from .._version import __version__
+from ..errors import EXIT_USAGE, DistbpError
 from . import wire
 from .base import Communicator, MismatchError, PeerLost, ServerStopped
 
 HB_SUFFIX = b"/hb"
+RCVHWM = 16  # messages libzmq queues per connection before it stops reading it
+LOG_EVERY_S = 10.0  # at most one line per peer this often about what strangers send
+MAX_TRACKED_PEERS = 256  # peers the rate limit remembers; beyond, they share one count
 
 
-def _curve_server(sock: zmq.Socket, ctx: zmq.Context, key_dir: Path) -> Any:
+class InsecureEndpoint(DistbpError, ValueError):
+    """The server would listen beyond this machine without CURVE (a config problem: exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class WorkerFault(PeerLost):
+    """A worker sent numbers the job cannot use (a non-finite loss or gradient). The job stops
+    as for a lost worker: this step's update is never applied, so the checkpoint the server's
+    Trainer writes is of the last good step; the message names the worker."""
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """Whether binding ``endpoint`` serves this machine only: ipc:// and inproc://, or tcp://
+    (ws://) on a loopback address or a name that resolves only to loopback addresses."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme not in ("tcp", "ws", "wss"):
+        return False
+    hostport = rest.split("/", 1)[0]
+    host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+    host = host.strip("[]")
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:  # a host name (or an interface name, which does not resolve: not local)
+        infos = pysocket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def fingerprint(public_z85: str | bytes) -> str:
+    """A short name for a public key, safe to log: the first 8 hex digits of the SHA-256 of its
+    z85 text (the ``public-key`` line of its .key file)."""
+    text = public_z85.encode("ascii") if isinstance(public_z85, str) else bytes(public_z85)
+    return hashlib.sha256(text).hexdigest()[:8]
+
+
+def _public_key(path: Path) -> str:
+    import zmq.auth
+
+    public, _ = zmq.auth.load_certificate(str(path))
+    return public.decode("ascii")
+
+
+class _ClientKeys:
+    """The public keys in DIR/clients, by their z85 text, named by file (``worker-0``). The ZAP
+    callback (run by the authenticator's thread) admits these and no other; denials are counted
+    here and logged by the server's own thread."""
+
+    def __init__(self, clients: Path) -> None:
+        if not clients.is_dir():
+            raise FileNotFoundError(f"comm.curve: no directory of client keys {clients}; create keys with "
+                                    f"distbp-keys {clients.parent} --workers N")
+        self.clients = clients
+        self.names: dict[str, str] = {}
+        for f in sorted(clients.glob("*.key")):
+            try:
+                self.names[_public_key(f)] = f.stem
+            except (OSError, ValueError, KeyError) as e:
+                raise FileNotFoundError(f"comm.curve: {f} is not a CURVE public key file ({e})") from None
+        if not self.names:
+            raise FileNotFoundError(f"comm.curve: {clients} holds no client key (*.key); create keys with "
+                                    f"distbp-keys {clients.parent} --workers N")
+        self._lock = threading.Lock()
+        self._denied: dict[str, int] = {}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode("ascii", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
+        if text in self.names:
+            return True
+        with self._lock:
+            fp = fingerprint(text) if len(self._denied) < MAX_TRACKED_PEERS else "others"
+            self._denied[fp] = self._denied.get(fp, 0) + 1
+        return False
+
+    def take_denied(self) -> dict[str, int]:
+        with self._lock:
+            denied, self._denied = self._denied, {}
+        return denied
+
+    def label(self, key: str | None) -> str:
+        return "none" if key is None else f"{self.names.get(key, '?')} [{fingerprint(key)}]"
+
+
+def _curve_server(sock: zmq.Socket, ctx: zmq.Context, key_dir: Path) -> tuple[Any, _ClientKeys]:
     """CURVE on the server socket; only clients whose public key is in key_dir/clients are let in."""
+    import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
 
     secret = key_dir / "server.key_secret"
     if not secret.is_file():
         raise FileNotFoundError(f"comm.curve: no server secret key {secret}; create keys with distbp-keys {key_dir}")
+    keys = _ClientKeys(key_dir / "clients")
+    public, private = zmq.auth.load_certificate(str(secret))
     auth = ThreadAuthenticator(ctx)
     auth.start()
-    auth.configure_curve(domain="*", location=str(key_dir / "clients"))
-    public, private = zmq.auth.load_certificate(str(secret))
+    auth.configure_curve_callback(domain="*", credentials_provider=keys)
     sock.curve_secretkey, sock.curve_publickey, sock.curve_server = private, public, True
-    return auth
+    return auth, keys
 
 
 def _curve_client(sock: zmq.Socket, key_dir: Path) -> None:
@@ -50,6 +170,9 @@ def _curve_client(sock: zmq.Socket, key_dir: Path) -> None:
 
     server_public = key_dir / "server.key"
     client_secret = key_dir / "client.key_secret"
+    if not client_secret.is_file() and (key_dir / "worker-0").is_dir():
+        raise FileNotFoundError(f"comm.curve: {key_dir} holds one key per worker: give each worker its own "
+                                f"directory, comm.curve={key_dir / 'worker-I'} (I = 0, 1, ...)")
     for f in (server_public, client_secret):
         if not f.is_file():
             raise FileNotFoundError(f"comm.curve: missing key file {f}; create keys with distbp-keys {key_dir}")
@@ -57,29 +180,107 @@ def _curve_client(sock: zmq.Socket, key_dir: Path) -> None:
     sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(str(client_secret))
 
 
-def make_keys(key_dir: str | Path) -> list[Path]:
-    """Write a server key pair and a client key pair for CURVE (``distbp-keys DIR``):
-    DIR/server.key{,_secret}, DIR/client.key{,_secret}, and DIR/clients/client.key, the
-    directory of public keys the server admits. Give workers server.key and
-    client.key_secret; keep server.key_secret on the server."""
+def make_keys(key_dir: str | Path, workers: int | None = None) -> list[Path]:
+    """CURVE key pairs for a parameter-server job (``distbp-keys DIR [--workers N]``).
+
+    Always DIR/server.key{,_secret}: keep server.key_secret on the server, which runs with
+    ``comm.curve=DIR`` and admits the public keys in DIR/clients/.
+
+    With ``workers``: one key pair per worker, each in a directory of its own to give to that
+    worker alone, DIR/worker-I/{client.key,client.key_secret,server.key} (``comm.curve=DIR/worker-I``),
+    and its public key as DIR/clients/worker-I.key. A key admits one worker at a time.
+
+    Without: the single-key layout, DIR/client.key{,_secret} and DIR/clients/client.key,
+    for one worker (``comm.curve=DIR``); a second worker with the same key is refused.
+
+    Refuses a DIR that already holds keys (FileExistsError): keys made again would leave the
+    old clients admitted."""
     import zmq.auth
 
     key_dir = Path(key_dir)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers: expected at least 1, got {workers}")
+    existing = [p for p in (key_dir / "server.key_secret", key_dir / "clients") if p.exists()]
+    if existing:
+        raise FileExistsError(f"{key_dir} already holds CURVE keys ({existing[0]}); make a job's keys once, "
+                              "in a new directory (remove the old one to replace them)")
     (key_dir / "clients").mkdir(parents=True, exist_ok=True)
     made = []
-    for name in ("server", "client"):
-        public, secret = zmq.auth.create_certificates(str(key_dir), name)
+
+    def pair(where: Path, name: str) -> tuple[Path, Path]:
+        public, secret = zmq.auth.create_certificates(str(where), name)
         os.chmod(secret, 0o600)
-        made += [Path(public), Path(secret)]
-    (key_dir / "clients" / "client.key").write_bytes((key_dir / "client.key").read_bytes())
+        made.extend([Path(public), Path(secret)])
+        return Path(public), Path(secret)
+
+    server_public, _ = pair(key_dir, "server")
+    if workers is None:
+        public, _ = pair(key_dir, "client")
+        (key_dir / "clients" / "client.key").write_bytes(public.read_bytes())
+        return made
+    for i in range(workers):
+        own = key_dir / f"worker-{i}"
+        own.mkdir()
+        public, _ = pair(own, "client")
+        (own / "server.key").write_bytes(server_public.read_bytes())
+        (key_dir / "clients" / f"worker-{i}.key").write_bytes(public.read_bytes())
+        made.append(own / "server.key")
     return made
 
 
-class _Peer:
-    __slots__ = ("identity", "name", "last_seen")
+class _Throttle:
+    """Lines that strangers can cause, at most one per peer every ``every`` seconds: the first at
+    once, later ones counted and the count given with the next line for that peer (or at close)."""
 
-    def __init__(self, identity: bytes, name: str) -> None:
-        self.identity, self.name, self.last_seen = identity, name, time.monotonic()
+    def __init__(self, log: Callable[[str], None], every: float = LOG_EVERY_S) -> None:
+        self._log, self.every = log, every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, peer: str, line: str) -> None:
+        now = time.monotonic()
+        if peer not in self._last and len(self._last) >= MAX_TRACKED_PEERS:
+            for p, t in list(self._last.items()):
+                if now - t >= self.every and p not in self._held:
+                    del self._last[p]
+            if len(self._last) >= MAX_TRACKED_PEERS:
+                peer = "other peers"
+        last = self._last.get(peer)
+        if last is not None and now - last < self.every:
+            self._held[peer] = self._held.get(peer, 0) + 1
+            return
+        held = self._held.pop(peer, 0)
+        self._last[peer] = now
+        if held:
+            line += f" ({held} more from {peer} in the last {now - last:.0f} s not logged)"
+        self._log(line)
+
+    def flush(self) -> None:
+        for peer, n in sorted(self._held.items()):
+            self._log(f"{n} more line(s) about {peer} not logged (at most one per peer every {self.every:g} s)")
+        self._held.clear()
+
+
+class _Msg(NamedTuple):
+    """One received message: the sender's identity, the frames after it (zmq.Frame), and the
+    z85 public key of the connection it came on (CURVE; None without)."""
+
+    identity: bytes
+    body: list[Any]
+    key: str | None
+
+    def address(self) -> str:
+        try:
+            return str(self.body[0].get("Peer-Address"))
+        except (zmq.ZMQError, AttributeError, IndexError):
+            return "?"
+
+
+class _Peer:
+    __slots__ = ("identity", "name", "last_seen", "key")
+
+    def __init__(self, identity: bytes, name: str, key: str | None = None) -> None:
+        self.identity, self.name, self.last_seen, self.key = identity, name, time.monotonic(), key
 
 
 class ZMQServer(Communicator):
@@ -89,15 +290,27 @@ class ZMQServer(Communicator):
     collective = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
+        endpoint = str(cfg["endpoint"])
+        if not cfg.get("curve") and not cfg.get("insecure") and not is_local_endpoint(endpoint):
+            raise InsecureEndpoint(
+                f"comm.endpoint: {endpoint} can be reached from other machines, and without CURVE anyone who "
+                "reaches it can join as a worker and change the model; set comm.curve to a key directory "
+                "(distbp-keys DIR --workers N), or comm.insecure: true if every machine that can reach this "
+                "port is trusted")
         self.cfg = cfg
         self.rank, self.size = 0, int(cfg["workers"])
         self.heartbeat_s, self.timeout_s = float(cfg["heartbeat_s"]), float(cfg["timeout_s"])
         self.join_timeout_s = float(cfg["join_timeout_s"])
+        # The server wakes at least this often even when nothing arrives, so that a launcher
+        # watching it (launch/zmq_local.py) can tell a waiting server from a stopped one.
+        self._wake_s = min(self.heartbeat_s, self.timeout_s, 1.0)
         self.counters = wire.Counters()
         self.peers: list[_Peer] = []
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
         self._auth = None
+        self._keys: _ClientKeys | None = None
+        self._throttle = _Throttle(lambda line: self.log(line))
         self._step = 0
         self._numel = 0
         self._next_heartbeat = 0.0
@@ -111,31 +324,39 @@ class ZMQServer(Communicator):
     # -- joining ----------------------------------------------------------------------------
     def handshake(self, config_hash: str, numel: int) -> None:
         self._numel = numel
+        endpoint = self.cfg["endpoint"]
         # Kept on self at once: close() must close it even if CURVE set-up or bind fails, or
         # the context's term() would wait for it forever.
         sock = self._sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Nothing larger than a gradient is ever expected: a bigger frame is refused by
-        # libzmq before it takes memory here.
+        # libzmq before it takes memory here; and few are queued per connection.
         sock.setsockopt(zmq.MAXMSGSIZE, numel * 4 + wire.HEADER_MAX)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
         if self.cfg.get("curve"):
-            self._auth = _curve_server(sock, self._ctx, Path(self.cfg["curve"]))
+            self._auth, self._keys = _curve_server(sock, self._ctx, Path(self.cfg["curve"]))
         try:
-            sock.bind(self.cfg["endpoint"])
+            sock.bind(endpoint)
         except zmq.ZMQError as e:
-            raise PeerLost(f"comm.endpoint: cannot bind {self.cfg['endpoint']}: {e}") from None
-        self.log(f"parameter server on {self.cfg['endpoint']}: waiting for {self.size} worker(s)")
+            raise PeerLost(f"comm.endpoint: cannot bind {endpoint}: {e}") from None
+        if self._keys is not None:
+            security = f"CURVE, {len(self._keys.names)} client key(s) in {self._keys.clients}, one rank per key"
+        elif is_local_endpoint(endpoint):
+            security = "no CURVE: any process on this machine can join"
+        else:
+            security = "no CURVE (comm.insecure): anyone who can reach this port can join"
+        self.log(f"parameter server on {endpoint} ({security}): waiting for {self.size} worker(s)")
         deadline = time.monotonic() + self.join_timeout_s
         while len(self.peers) < self.size:
-            frames = self._recv(deadline)
-            if frames is None:
+            msg = self._recv(deadline)
+            if msg is None:
                 raise PeerLost(f"only {len(self.peers)} of {self.size} workers joined within "
                                f"{self.join_timeout_s:g} s (comm.join_timeout_s)")
-            identity, body = frames[0], frames[1:]
-            if any(p.identity == identity for p in self.peers) or identity.endswith(HB_SUFFIX):
-                continue
-            header = self._decode(body, {"type": "hello"}, identity)
+            identity = msg.identity
+            if identity.endswith(HB_SUFFIX) or self._rank_of(identity) is not None:
+                continue  # an admitted worker's heartbeats (or its hello again) while the others join
+            header = self._decode(msg.body, {"type": "hello"}, identity)
             if header is None:
                 continue
             name = f"{header.get('host', '?')}:{header.get('pid', '?')}"
@@ -143,13 +364,13 @@ class ZMQServer(Communicator):
                 ("distbp version", header["version"], __version__),
                 ("config hash", header["config_hash"], config_hash),
                 ("parameter count", header["numel"], numel)) if theirs != ours]
+            holder = self._holder(msg.key)
+            if holder is not None:
+                differs.insert(0, self._key_in_use(msg.key, holder))
+            elif self._keys is not None and msg.key is None:
+                differs.insert(0, "its connection has no CURVE key")  # never under ZAP; and never admitted
             if differs:
-                reason = "; ".join(differs)
-                self.log(f"refused worker {name}: {reason}")
-                try:
-                    self._send(identity, "refuse", reason=reason)
-                except PeerLost:
-                    pass  # it has gone already: a stranger that hangs up must not end the job
+                self._refuse(msg, name, "; ".join(differs))
                 continue
             rank = len(self.peers)
             try:
@@ -157,8 +378,55 @@ class ZMQServer(Communicator):
             except PeerLost:
                 self.log(f"worker {name} left before it was admitted")
                 continue
-            self.peers.append(_Peer(identity, name))
+            self.peers.append(_Peer(identity, name, msg.key))
+            if self._keys is not None:
+                self.log(f"worker {rank} ({name}) holds key {self._keys.label(msg.key)}")
             self.log(f"worker {rank} joined: {name}")
+
+    def _holder(self, key: str | None) -> int | None:
+        """The rank that ``key`` holds, if any (CURVE only)."""
+        if key is None:
+            return None
+        return next((r for r, p in enumerate(self.peers) if p.key == key), None)
+
+    def _key_in_use(self, key: str | None, holder: int) -> str:
+        return (f"its key {self._keys.label(key)} already holds rank {holder} ({self.peers[holder].name}); a key "
+                "admits one worker at a time: give each worker its own (distbp-keys DIR --workers N)")
+
+    def _peer(self, msg: _Msg) -> str:
+        """Who a message came from, for the rate limit: its key under CURVE, else its address."""
+        return f"key {self._keys.label(msg.key)}" if self._keys is not None else msg.address()
+
+    def _refuse(self, msg: _Msg, name: str, reason: str) -> None:
+        key = f", key {self._keys.label(msg.key)}" if self._keys is not None else ""
+        self._throttle(self._peer(msg), f"refused worker {name}: {reason} (from {msg.address()}{key})")
+        try:
+            self._send(msg.identity, "refuse", reason=reason[:2000])
+        except PeerLost:
+            pass  # it has gone already: a stranger that hangs up must not end the job
+
+    def _stranger(self, msg: _Msg) -> None:
+        """A message from a connection that holds no rank, while the job runs."""
+        holder = self._holder(msg.key)
+        try:
+            header, _ = wire.decode(msg.body, {"type": "hello"})
+        except wire.WireError:
+            header = None
+        if holder is not None:
+            # A second connection with a key that holds a rank: refused, and said so.
+            self._dropped("key-in-use", msg.identity, log=False)
+            if header is not None:
+                self._refuse(msg, f"{header.get('host', '?')}:{header.get('pid', '?')}",
+                             self._key_in_use(msg.key, holder))
+            else:
+                self._throttle(self._peer(msg), f"dropped a message from {msg.address()} on a second connection "
+                                                f"of key {self._keys.label(msg.key)}, which holds rank {holder} "
+                                                f"({self.peers[holder].name})")
+            return
+        self._dropped("unknown-sender", msg.identity)
+        if header is not None:
+            self._refuse(msg, f"{header.get('host', '?')}:{header.get('pid', '?')}",
+                         f"the job already has its {self.size} worker(s)")
 
     def agree_u64(self, value: int) -> int:
         self._step = max(int(value) - 1, 0)
@@ -192,30 +460,50 @@ class ZMQServer(Communicator):
             msg = self._recv(self._deadline(step))
             if msg is None:
                 continue  # _deadline raises once a worker has been silent too long
-            rank = self._rank_of(msg[0])
+            rank = self._rank_of(msg.identity)
             if rank is None:
-                self._dropped("unknown-sender", msg[0])
+                self._stranger(msg)
                 continue
-            self.peers[rank].last_seen = time.monotonic()
+            peer = self.peers[rank]
+            if self._keys is not None and msg.key != peer.key:
+                self._dropped("wrong-key", msg.identity, log=False)
+                self._throttle(self._peer(msg), f"dropped a message from {msg.address()} that names worker {rank}'s "
+                                                f"connection but comes with key {self._keys.label(msg.key)}, not "
+                                                f"its key {self._keys.label(peer.key)}")
+                continue
+            peer.last_seen = time.monotonic()
             # One check for all three: expect's step and nbytes apply to the fields a message has.
-            header = self._decode(msg[1:], dict(expect, type={"grad", "heartbeat", "bye"}, rank=rank), msg[0])
+            header = self._decode(msg.body, dict(expect, type={"grad", "heartbeat", "bye"}, rank=rank), msg.identity)
             if header is None or header["type"] == "heartbeat":
                 continue
             if header["type"] == "bye":
-                raise PeerLost(f"worker {rank} ({self.peers[rank].name}) left during step {step + 1}")
+                raise PeerLost(f"worker {rank} ({peer.name}) left during step {step + 1}")
             if frames[rank] is not None:
-                self._dropped("duplicate", msg[0])
+                self._dropped("duplicate", msg.identity)
                 continue
-            frames[rank] = msg[2]
+            frames[rank] = msg.body[1]
             losses[rank] = header["loss"]
             stops[rank] = header.get("stop", 0)
+        # Every worker's numbers are checked before any of them is used: the step that would
+        # apply them never happens, so the checkpoint written on the way out is the last good one.
+        bad = [r for r in range(self.size) if not math.isfinite(losses[r])]
+        if bad:
+            raise WorkerFault(self._fault(bad, "loss", step, [f"{losses[r]}" for r in bad]))
         # Rank order, whatever the arrival order: the same sum bit for bit, run after run.
         wire.copy_into(grad, frames[0])
         for f in frames[1:]:
             wire.add_into(grad, f)
-        del frames
         out = np.array([stats[0] + losses.sum(), max(stats[1], stops.max())])
-        update()
+        try:
+            update()  # the Trainer's: it refuses a non-finite sum before the optimizer runs
+        except Exception:
+            # Only now, on the way out, is each worker's gradient read again to find whose it was.
+            bad = [r for r, f in enumerate(frames) if not _all_finite(f, grad.dtype)]
+            if bad:
+                raise WorkerFault(self._fault(bad, "gradient", step)) from None
+            raise
+        finally:
+            del frames
         self._step = step + 1
         try:
             for peer in self.peers:
@@ -225,6 +513,20 @@ class ZMQServer(Communicator):
             # the checkpoint it then writes holds the parameters it names.
             self._lost = str(e)
         return out
+
+    def _fault(self, ranks: list[int], what: str, step: int, values: list[str] | None = None) -> str:
+        def who(r: int) -> str:
+            key = f", key {self._keys.label(self.peers[r].key)}" if self._keys is not None else ""
+            return f"{r} ({self.peers[r].name}{key})"
+
+        shown = f" ({', '.join(values)})" if values else ""
+        if len(ranks) == 1:
+            sent = f"worker {who(ranks[0])} sent a non-finite {what}{shown}"
+        else:
+            plural = "losses" if what == "loss" else f"{what}s"
+            sent = f"workers {', '.join(who(r) for r in ranks)} sent non-finite {plural}{shown}"
+        return (f"{sent} for step {step + 1}; the job stops after step {step}, the last good one "
+                "(this step's update is not applied)")
 
     def check_replicas(self, params: np.ndarray, step: int) -> None:
         pass  # workers hold no parameters of their own: the server sends them every step
@@ -249,6 +551,8 @@ class ZMQServer(Communicator):
         if self._closed:
             return
         self._closed = True
+        self._note_denied()
+        self._throttle.flush()
         self.log(f"messages: {self.counters.summary()}")  # always: the load test counts from it
         if self._sock is not None:
             self._sock.close(linger=2000)
@@ -276,13 +580,33 @@ class ZMQServer(Communicator):
                                f"(comm.timeout_s) during step {step + 1}")
         return min(self._next_heartbeat, min(p.last_seen for p in self.peers) + self.timeout_s)
 
-    def _recv(self, deadline: float) -> list[Any] | None:
-        timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        if not self._sock.poll(timeout_ms, zmq.POLLIN):
-            return None
+    def _recv(self, deadline: float) -> _Msg | None:
+        """The next message, or None at ``deadline``; wakes every ``_wake_s`` meanwhile."""
+        while True:
+            self._note_denied()
+            wait = min(max(deadline - time.monotonic(), 0.0), self._wake_s)
+            if self._sock.poll(math.ceil(wait * 1000), zmq.POLLIN):
+                break
+            if time.monotonic() >= deadline:
+                return None
         frames = self._sock.recv_multipart(copy=False)
-        frames[0] = frames[0].bytes  # the sender's identity; the body stays zero-copy
-        return frames
+        key = None
+        if self._keys is not None:
+            try:
+                key = frames[0].get("User-Id")  # set by ZAP: the key this connection proved it holds
+            except zmq.ZMQError:
+                key = None
+        return _Msg(frames[0].bytes, frames[1:], key)
+
+    def _note_denied(self) -> None:
+        """Log (rate-limited) the connections ZAP refused since the last call."""
+        if self._keys is None:
+            return
+        denied = self._keys.take_denied()
+        if denied:
+            shown = ", ".join(sorted(denied)[:3]) + (", ..." if len(denied) > 3 else "")
+            self._throttle("unknown keys", f"refused {sum(denied.values())} connection(s) with a CURVE key not in "
+                                           f"{self._keys.clients} (fingerprints {shown})")
 
     def _decode(self, body: list[Any], expect: dict[str, Any], identity: bytes) -> dict[str, Any] | None:
         try:
@@ -293,11 +617,11 @@ class ZMQServer(Communicator):
         self.counters.accept(header["type"])
         return header
 
-    def _dropped(self, error: wire.WireError | str, identity: Any) -> None:
+    def _dropped(self, error: wire.WireError | str, identity: Any, log: bool = True) -> None:
         self.counters.drop(error)
         reason = error.reason if isinstance(error, wire.WireError) else error
         # The first few of each kind are logged; a flood is counted and summed up at the end.
-        if self.counters.dropped[reason] <= 5:
+        if log and self.counters.dropped[reason] <= 5:
             self.log(f"dropped a message from {bytes(identity)[:32]!r}: {error}")
 
     def _send(self, identity: bytes, type_: str, payload: np.ndarray | None = None, **fields: Any) -> None:
@@ -307,6 +631,14 @@ class ZMQServer(Communicator):
             rank = self._rank_of(identity)
             who = f"worker {rank} ({self.peers[rank].name})" if rank is not None else f"peer {identity[:32]!r}"
             raise PeerLost(f"{who} is gone: cannot send to it ({e})") from None
+
+
+def _all_finite(payload: Any, dtype: np.dtype) -> bool:
+    """Whether a received array frame holds no NaN or infinity (read in place)."""
+    values = np.frombuffer(memoryview(payload), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = np.dot(values, values)
+    return bool(np.isfinite(squares) or np.isfinite(values).all())
 
 
 class ZMQWorker(Communicator):

@@ -17,8 +17,9 @@ def abort_job(code: int) -> None:
     MPICommunicator.abort_world(code)
 
 
-def make_keys(key_dir: str | Path) -> list[Path]:
-    """CURVE key pairs for a parameter-server job (see distbp.comm.zmq_ps.make_keys)."""
+def make_keys(key_dir: str | Path, workers: int | None = None) -> list[Path]:
+    """CURVE key pairs for a parameter-server job, one per worker with ``workers`` (see
+    distbp.comm.zmq_ps.make_keys)."""
     from ..comm.zmq_ps import make_keys as make  # imported here: only key making needs zmq
 
-    return make(key_dir)
+    return make(key_dir, workers)
