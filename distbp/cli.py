@@ -76,8 +76,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", metavar="DIR", help="where config, metrics, log and checkpoints go "
                         "(default: the config's run_dir)")
     parser.add_argument("--resume", default="auto", metavar="auto|never|PATH",
-                        help="auto: continue from the newest good checkpoint in the run directory (default); "
-                             "never: start fresh; PATH: that checkpoint")
+                        help="auto: continue from the newest good checkpoint in the run directory (default; "
+                             "damaged ones are moved to checkpoints/damaged/, and if none is good the run stops); "
+                             "never: start fresh (refused while checkpoints are there); PATH: that checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
     from .train import launched_by_mpi, supervise_rank, world_rank
@@ -87,12 +88,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from .train import Trainer, load_config
-        from .train.config import ConfigError, dump
+        from .train.config import ConfigError, check_memory, dump, run_dir_path
 
+        if args.run_dir is not None:
+            run_dir_path(args.run_dir, "--run-dir")  # "" would train into the working directory
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(dump(cfg), end="")
             return EXIT_OK
+        check_memory(cfg)  # a model or synthetic data set too big for this machine, before any is allocated
         if args.resume not in ("auto", "never") and not os.path.isfile(args.resume):
             raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
         trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume)
@@ -123,8 +127,10 @@ def gradcheck_main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from .train import load_config
         from .train.check import gradcheck_config
+        from .train.config import check_memory
 
         cfg = load_config(args.config, args.overrides)
+        check_memory(cfg)
         results = gradcheck_config(cfg, args.samples, args.max_elements or None)
         width = max(len(r.name) for r in results)
         print(f"{'parameter':<{width}}  {'shape':>14}  {'checked':>7}  {'worst rel. error':>16}  result")
@@ -162,15 +168,24 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     """distbp-keys: create CURVE key pairs for a parameter-server job (comm.curve: DIR)."""
     parser = argparse.ArgumentParser(prog="distbp-keys", description=keys_main.__doc__)
     parser.add_argument("dir", metavar="DIR")
+    parser.add_argument("--workers", type=int, metavar="N", help="one key per worker, in DIR/worker-0 ... "
+                        "DIR/worker-(N-1); a key admits one worker at a time (default: one key, for one worker)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     def body() -> int:
         from .train import make_keys
 
-        for path in make_keys(args.dir):
+        for path in make_keys(args.dir, args.workers):
             print(path)
-        print(f"server: comm.curve={args.dir} with server.key_secret and clients/; "
-              f"workers: comm.curve=DIR with server.key and client.key_secret")
+        if args.workers is None:
+            print(f"server: comm.curve={args.dir} with server.key_secret and clients/; "
+                  f"worker: comm.curve=DIR with server.key and client.key_secret (one worker: a key admits one "
+                  f"worker at a time; for more, distbp-keys NEWDIR --workers N)")
+        else:
+            print(f"server: comm.curve={args.dir} with server.key_secret and clients/; worker I: "
+                  f"comm.curve={args.dir}/worker-I, its own directory (give each worker only its own)")
         return EXIT_OK
 
     return _guard("distbp-keys", body)

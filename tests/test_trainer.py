@@ -533,13 +533,20 @@ def test_keep_one_with_a_damaged_newer_checkpoint_still_saves(tmp_path, monkeypa
     d = tmp_path / "run"
     _run(d, "checkpoint.keep=1", "train.max_steps=20")
     newest = d / "checkpoints" / "step-00000020.npz"
-    newest.write_bytes(newest.read_bytes()[:100])  # the only checkpoint is damaged: start over
+    newest.write_bytes(newest.read_bytes()[:100])
+    damaged = newest.read_bytes()
+    # The only checkpoint is damaged: auto resume stops (no silent fresh start) and moves it
+    # to damaged/; --resume never then starts over, and the damaged file is kept.
+    with pytest.raises(CheckpointError, match="none of its 1 checkpoint"):
+        _run(d, "checkpoint.keep=1")
+    kept = d / "checkpoints" / "damaged" / "step-00000020.npz"
+    assert not newest.exists() and kept.read_bytes() == damaged
     with monkeypatch.context() as m:
         _interrupt_at(m, 7)
         with pytest.raises(Interrupted) as info:
-            _run(d, "checkpoint.keep=1")
+            _run(d, "checkpoint.keep=1", resume="never")
     assert info.value.path.exists() and read_checkpoint(info.value.path).step == 7
-    assert newest.exists()  # the damaged file is kept
+    assert kept.read_bytes() == damaged  # the damaged file is kept
     result, out = _run(d, "checkpoint.keep=1")
     assert "resumed from" in out and "at step 7" in out
     assert np.array_equal(_final_params(d), _final_params(tmp_path / "full"))

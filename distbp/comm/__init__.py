@@ -21,7 +21,9 @@ def get_communicator(comm_cfg: Mapping[str, Any]) -> Communicator:
     if backend == "auto":
         check_launcher()
     if backend == "mpi" or (backend == "auto" and launched_by_mpi() > 1):
-        return MPICommunicator()
+        # The Trainer's config always has comm.timeout_s; distbp.distributed's loop of your
+        # own passes no config, and its collectives wait as long as plain MPI's.
+        return MPICommunicator(timeout_s=comm_cfg.get("timeout_s"))
     if backend == "zmq":
         from .zmq_ps import ZMQServer, ZMQWorker  # imported here: only parameter-server runs need zmq
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 from ..errors import DistbpError
@@ -53,6 +54,10 @@ class Communicator:
     replicates_optimizer = True  # False for parameter-server workers: the server owns it
     collective = True  # every process runs the same collectives (local, MPI); not the parameter server
     _log_sink: Callable[[str], None] | None = None
+    # Set by the Trainer, for messages that name what a rank was doing: the step in progress
+    # (1-based), and the parameters' names with their start offsets in the flat buffer.
+    step: int = 0
+    parameters: tuple[list[str], np.ndarray] | None = None
 
     @property
     def is_coordinator(self) -> bool:
@@ -91,6 +96,12 @@ class Communicator:
             buf[:] = blob
         self.broadcast_(buf, root=0)
         return json.loads(buf.tobytes().decode())
+
+    def solo(self) -> ContextManager[None]:
+        """Wrap work the coordinator does alone between steps (evaluation, checkpoints) while
+        its peers wait for it in their next collective: where those have a deadline (MPI), it
+        is not counted as silence. Nothing elsewhere."""
+        return contextlib.nullcontext()
 
     def abort(self, code: int) -> None:
         """End every process of the job now; where the transport cannot, this process."""

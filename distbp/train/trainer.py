@@ -30,9 +30,11 @@ from ..data import (BatchSource, DataInfo, DistributedSampler, Preprocessor, Sub
                     load_data, num_classes, split_indices)
 from ..errors import DistbpError
 from .build import LossFn, build_loss, build_model, build_optimizer, build_scheduler, per_sample_loss
-from .checkpoint import (BEST, Checkpoint, CheckpointError, check_fits, checkpoint_name, latest_valid,
-                         list_checkpoints, read_checkpoint, save_training, training_state)
-from .config import ConfigError, better, config_hash, defaults, dump, load_config, resolve, semantic_diff
+from .checkpoint import (BEST, DAMAGED, Checkpoint, CheckpointError, check_fits, checkpoint_name, list_checkpoints,
+                         lock_run_dir, newest_to_resume, read_checkpoint, remove_stale_temporaries, save_training,
+                         training_state)
+from .config import (ConfigError, better, check_run_dir, config_hash, defaults, dump, load_config, resolve,
+                     run_dir_error, run_dir_path, semantic_diff)
 from .factory import call_factory, import_object
 from .metrics import MetricsFile, RunLog
 
@@ -216,8 +218,11 @@ class Trainer:
       logged under those names.
 
     ``resume`` is "auto" (continue from the newest checkpoint in the run directory that
-    verifies, else start fresh), "never" (start fresh; refuses a run directory that already
-    holds checkpoints, so nothing is overwritten), or a checkpoint path. ``fit()`` trains
+    verifies, else start fresh where there is none; damaged ones are moved to
+    ``checkpoints/damaged/``, and if none verifies that is a CheckpointError, not a fresh
+    start), "never" (start fresh; refuses a run directory that already holds checkpoints, so
+    nothing is overwritten), or a checkpoint path. One job at a time per run directory
+    (``RUN/.lock``; a second is refused with RunDirLocked). ``fit()`` trains
     and returns the final metrics; under mpirun every rank gets the same dict.
     """
 
@@ -231,17 +236,25 @@ class Trainer:
         self._check_objects(model, loss_fn, train_data, val_data, metrics)
         self.model, self.loss_fn, self.metrics = model, loss_fn, dict(metrics or {})
         self.train_data, self.val_data = train_data, val_data
-        self.run_dir = Path(run_dir if run_dir is not None else cfg["run_dir"])
+        self.run_dir = run_dir_path(run_dir, "Trainer(run_dir=...)") if run_dir is not None else Path(cfg["run_dir"])
         self.cfg = dict(cfg, run_dir=str(self.run_dir))  # config.yaml records where it really ran
         self.resume = resume
         self.comm = comm if comm is not None else get_communicator(cfg["comm"])
         if self.comm.collective and self.comm.size > 1:
             install_abort_hook(self.comm)  # an uncaught error on one rank must not leave the others waiting
+        if self.comm.is_coordinator:  # it writes the run directory: one it cannot is refused now, not after set-up
+            try:
+                check_run_dir(self.run_dir)
+            except ConfigError:
+                if comm is None:
+                    self.comm.close()
+                raise
         self.stream = stream
         self.hash = config_hash(cfg)
         self._signal: int | None = None
         self._warnings: list[str] = []
         self._notes: list[str] = []  # facts of the set-up the log reports
+        self._lock = None  # the run directory's lock (RUN/.lock), held by the coordinator during run()
 
     @staticmethod
     def _check_objects(model: Any, loss_fn: Any, train_data: Any, val_data: Any, metrics: Any) -> None:
@@ -275,6 +288,7 @@ class Trainer:
         except BaseException as e:
             code = getattr(e, "exit_code", 1)
             self.comm.fail(str(e) or type(e).__name__, code)
+            self._unlock()
             raise
         finally:
             self.comm.close()
@@ -282,9 +296,17 @@ class Trainer:
         if self.comm.is_coordinator:
             summary = {"step": result.step, "val_loss": result.val_loss, "val_accuracy": result.val_accuracy,
                        "seconds": round(result.seconds, 3)}
-            with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
+            try:
+                with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+                    f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "done " + json.dumps(summary) + "\n")
+            finally:
+                self._unlock()
         return result
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _share(self, metrics: dict[str, Any]) -> dict[str, Any]:
         # Only the coordinator evaluates; the replicas of a collective transport get its figures.
@@ -322,6 +344,8 @@ class Trainer:
             sched.load_state_dict(dict(sched.state_dict(), t=start))
         if cfg["comm"]["overlap"] and comm.size > 1:
             opt.flat.on_grad_ready = comm.overlap(opt.flat.grad, opt.flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
+        names = {id(p): n for n, p in model.named_parameters()}  # to name a rank's non-finite gradient's parameter
+        comm.parameters = ([names.get(id(p), f"#{i}") for i, p in enumerate(opt.flat.params)], opt.flat.offsets)
         # Every replica starts from the coordinator's parameters and optimizer state (as DDP
         # does at construction), whatever each read from disk or drew at random.
         comm.broadcast_(opt.flat.data, root=0)
@@ -469,11 +493,19 @@ class Trainer:
         named = [(n, p.shape) for n, p in model.named_parameters()]
         ckpt = None
         if comm.is_coordinator:
+            # One job per run directory: the lock is taken before anything in it changes and
+            # held until run() ends; then no temporary file that a crashed write left behind.
+            self._lock, taken_over = lock_run_dir(self.run_dir)
+            self._warnings += taken_over
+            self._notes += remove_stale_temporaries(ckpt_dir)
             if self.resume == "never":
                 existing = list_checkpoints(ckpt_dir)
                 if existing:
                     raise CheckpointError(f"{ckpt_dir} already holds {len(existing)} checkpoint(s) of an earlier "
-                                          "run; continue it with --resume auto, or choose another --run-dir")
+                                          f"run ({', '.join(p.name for p in existing)}); continue it with "
+                                          "--resume auto (which moves any that are damaged to "
+                                          f"{ckpt_dir / DAMAGED}, where they no longer count), or choose "
+                                          "another --run-dir")
             elif self.resume == "auto":
                 def fits(c: Checkpoint) -> None:
                     # Another config's checkpoint is not skipped but refused (below): skipping
@@ -481,7 +513,8 @@ class Trainer:
                     if c.meta.get("config_hash") == self.hash:
                         check_fits(c, named, flat.data)
 
-                ckpt, self._warnings = latest_valid(ckpt_dir, fits)
+                ckpt, skipped = newest_to_resume(ckpt_dir, fits)  # none verifies: an error, not a fresh start
+                self._warnings += skipped
             else:
                 ckpt = read_checkpoint(self.resume)
             self._check_config(ckpt)
@@ -517,13 +550,16 @@ class Trainer:
 
     def _open_run_dir(self, run: _Run, resumed: bool, threads: int, processes: list[str]) -> None:
         cfg, tc = self.cfg, self.cfg["train"]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         header = f"# distbp {__version__}; config hash {self.hash}\n"
         passed = [f"{k}: {_qualname(v)}" for k, v in (("model", self.model), ("loss_fn", self.loss_fn),
                                                         ("train_data", self.train_data)) if v is not None]
         if passed:
             header += "# passed in as objects, in place of the config keys they replace: " + ", ".join(passed) + "\n"
-        (self.run_dir / "config.yaml").write_text(header + dump(cfg, self._replaced_keys()))
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(header + dump(cfg, self._replaced_keys()))
+        except OSError as e:
+            raise run_dir_error(self.run_dir, e) from None
         run.metrics = MetricsFile(self.run_dir / "metrics.jsonl", run.step if resumed else None)
         run.log = log = RunLog(self.run_dir, run.total, run.step, tc["progress"], self.stream)
         self.comm.log_to(log.info)
@@ -552,7 +588,8 @@ class Trainer:
                 if self._finish_step(run, stats, batch):
                     raise Interrupted(self._signal, run.step, run.checkpoint if self.comm.is_coordinator else None)
             if self.comm.is_coordinator and run.data.test is not None:
-                self._test(run)
+                with self.comm.solo():  # the others wait for it, not counted as silence (comm.timeout_s)
+                    self._test(run)
         except ServerStopped as e:
             if e.code != 0:  # 0: the server ended the job normally (early stopping)
                 raise
@@ -599,13 +636,15 @@ class Trainer:
         if self.comm.is_coordinator:
             run.log.advance(1)
             if evaluating:
-                self._evaluate(run)
+                with self.comm.solo():  # the others wait for it, not counted as silence (comm.timeout_s)
+                    self._evaluate(run)
         if evaluating and self.cfg["train"]["early_stopping"] and not is_last:
             # Only the coordinator evaluates: every process learns its decision here.
             run.stop_early = self.comm.agree_stop(run.stop_early)
         if self.comm.is_coordinator and (step % self.cfg["checkpoint"]["every"] == 0 or is_last or stop
                                          or run.stop_early):
-            run.checkpoint = self._save(run)
+            with self.comm.solo():
+                run.checkpoint = self._save(run)
         return stop and not is_last
 
     def _log_step(self, run: _Run) -> None:
@@ -668,6 +707,7 @@ class Trainer:
         Returns the stats summed over workers (global mean loss, stop requests) and the
         global batch size."""
         sampler, model, opt = run.sampler, run.model, run.opt
+        self.comm.step = step + 1  # for messages that name what a rank was doing
         clip = self.cfg["train"]["clip_grad_norm"]
         idx, batch = sampler.local_indices(step)
         if not self.comm.computes_gradients:
@@ -734,7 +774,8 @@ class Trainer:
                              optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
                              named_shapes=[(n, p.shape) for n, p in run.model.named_parameters()],
                              preprocess=run.data.preprocessor.state(), vocab=run.data.vocab,
-                             classes=run.data.classes, meta=meta, keep=self.cfg["checkpoint"]["keep"], name=name)
+                             classes=run.data.classes, meta=meta, keep=self.cfg["checkpoint"]["keep"], name=name,
+                             log=run.log.info if run.log is not None else None)
 
     # -- signals --------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:

@@ -1,5 +1,6 @@
-"""MPI fault trials: kill -9 one rank of ``mpiexec -n 3 distbp-train``
-at a random step, or send SIGTERM/SIGINT to mpiexec; each trial returns a dict of figures.
+"""MPI fault trials: kill -9 one rank of ``mpiexec -n 3 distbp-train`` (its training process,
+or the supervising process mpiexec launched) or SIGSTOP one at a random step, or send
+SIGTERM/SIGINT to mpiexec; each trial returns a dict of figures.
 
 Every job runs in its own session with its output in files, and every process whose command
 line holds the trial's unique run directory is killed (and counted) before a trial returns."""
@@ -30,6 +31,10 @@ BASE = ["data.name=synthetic", "data.samples=600", "data.features=8", "data.clas
         "model.sizes=[8,32,3]", "model.dropout=0.2", "train.global_batch=64", "train.eval_every=20",
         "train.log_every=1", "checkpoint.every=5", "checkpoint.keep=100", "comm.threads=1", "seed=3"]
 EXIT_WITHIN_S = 15.0
+STOP_TIMEOUT_S = 3.0  # comm.timeout_s of the SIGSTOP trials: the job must end within twice that
+# What MPICH prints when an MPI call fails and nothing catches it ("Fatal error in
+# internal_Allreduce: ..., error stack:", then one line per layer).
+MPICH_STACK = re.compile(r"error stack|Fatal error in|^\S+\(\d+\)\.+:", re.M)
 
 
 def _cmd(n: int, run_dir: Path, max_steps: int | None, *extra: str) -> list[str]:
@@ -150,16 +155,26 @@ def last_step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
+def _proxies(mpiexec: int) -> list[int]:
+    """mpiexec's hydra_pmi_proxy processes (they start the ranks and outlive nothing)."""
+    return [pid for pid, argv in _procs() if _ppid(pid) == mpiexec and any("hydra_pmi_proxy" in a for a in argv)]
+
+
 class _Job:
     """One interrupted job: mpiexec in its own session, output in files."""
 
-    def __init__(self, n: int, run_dir: Path) -> None:
+    def __init__(self, n: int, run_dir: Path, *extra: str) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.out, self.err = run_dir.parent / f"{run_dir.name}.out", run_dir.parent / f"{run_dir.name}.err"
         with open(self.out, "w") as o, open(self.err, "w") as e:
-            self.popen = subprocess.Popen(_cmd(n, run_dir, None, "--resume", "never"), stdout=o, stderr=e,
+            self.popen = subprocess.Popen(_cmd(n, run_dir, None, "--resume", "never", *extra), stdout=o, stderr=e,
                                           env=_env(), start_new_session=True)
+        self.proxies: list[int] = []
+
+    def note_proxies(self) -> None:
+        """Remember mpiexec's proxies (call once the ranks run), to count any left afterwards."""
+        self.proxies = _proxies(self.popen.pid)
 
     def wait_for_step(self, step: int, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
@@ -193,6 +208,13 @@ class _Job:
                 pass
             self.popen.wait(timeout=10)
         time.sleep(0.2)  # let killed ranks be reaped before looking for leftovers
+        for pid in self.proxies:
+            if not _is_zombie(pid):  # a proxy still running (_is_zombie says True for one that is gone)
+                killed += 1
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         return killed + kill_leftovers(self.run_dir)
 
     def output(self) -> str:
@@ -204,6 +226,13 @@ def rank_named(output: str) -> int | None:
     None if no line says so."""
     named = re.findall(r"^distbp-train\[rank \d+\]: rank (\d+) \(pid \d+ on \S+\) was killed by", output, re.M)
     return int(named[0]) if len(named) == 1 else None
+
+
+def silent_named(output: str) -> list[int]:
+    """The ranks distbp names as silent ("rank r (pid p on host) silent for 3 s ..."), in
+    order, each once."""
+    found = re.findall(r"rank (\d+) \(pid \d+ on \S+\) silent for", output)
+    return sorted({int(r) for r in found})
 
 
 def mpiexec_named(output: str, launched: dict[int, int]) -> int | None:
@@ -224,8 +253,21 @@ def newest_checkpoint(run_dir: Path) -> tuple[int | None, bool, str]:
         return None, False, str(e)
 
 
+def wait_for_lock_holder(run_dir: Path, timeout: float = 10) -> None:
+    """Wait until the process named in RUN/.lock is gone, not only dead: this host's init reaps
+    orphaned zombies about a second late, and the run-dir lock counts a zombie as running."""
+    try:
+        pid = int(json.loads((run_dir / ".lock").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _resume(tmp_dir: Path, run_dir: Path, n: int) -> tuple[bool, bool]:
     """(resumed and finished, final params bitwise equal to the uninterrupted n-rank run)."""
+    wait_for_lock_holder(run_dir)
     try:
         res = run_to_end(n, run_dir, "--resume", "auto")
     except (RuntimeError, subprocess.TimeoutExpired):
@@ -235,19 +277,23 @@ def _resume(tmp_dir: Path, run_dir: Path, n: int) -> tuple[bool, bool]:
 
 # ---- the trials -----------------------------------------------------------------------------
 
-def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
-    """kill -9 a random rank of a 3-rank job after a random step; then the figures."""
+def kill_random_rank(tmp_dir: str | Path, seed: int, target: str = "trainer") -> dict:
+    """kill -9 a random rank of a 3-rank job after a random step; then the figures. ``target``:
+    the rank's process that trains, or (``"supervisor"``) the one mpiexec launched, which
+    forked it (distbp.process.supervise)."""
     rng = random.Random(seed)
     tmp_dir = Path(tmp_dir)
     at_step, rank = rng.randint(6, 30), rng.randrange(N)
     resume_n = rng.choice([N, 2])
-    run_dir = tmp_dir / f"kill-seed{seed}"
+    run_dir = tmp_dir / (f"kill-seed{seed}" if target == "trainer" else f"kill-{target}-seed{seed}")
     job = _Job(N, run_dir)
     try:
         pids = rank_pids(run_dir, N)
-        launched = {pid: r for r, pid in rank_pids(run_dir, N, launched=True).items()}
+        launched_pids = rank_pids(run_dir, N, launched=True)
+        launched = {pid: r for r, pid in launched_pids.items()}
+        job.note_proxies()
         reached = job.wait_for_step(at_step)
-        os.kill(pids[rank], signal.SIGKILL)
+        os.kill((pids if target == "trainer" else launched_pids)[rank], signal.SIGKILL)
         code, took = job.wait_exit(EXIT_WITHIN_S)
     finally:
         leftovers = job.cleanup()
@@ -258,9 +304,10 @@ def kill_random_rank(tmp_dir: str | Path, seed: int) -> dict:
                   if "BAD TERMINATION" in line or "KILLED BY SIGNAL" in line or "RANK" in line]
     ckpt_step, loads, why = newest_checkpoint(run_dir)
     resumed, bitwise = _resume(tmp_dir, run_dir, resume_n) if loads else (False, False)
-    return {"fault": "kill -9 rank", "seed": seed, "killed_rank": rank, "killed_after_step": reached,
+    return {"fault": "kill -9 rank" if target == "trainer" else f"kill -9 rank's {target}", "seed": seed,
+            "killed_rank": rank, "killed_after_step": reached,
             "exit_code": code, "seconds_to_exit": took, "exited_nonzero": code is not None and code != 0,
-            "rank_named": named, "names_rank": named == rank,
+            "rank_named": named, "names_rank": named == rank, "mpich_stack": bool(MPICH_STACK.search(out)),
             "mpiexec_names_rank": by_mpiexec == rank, "mpiexec_says": lost_lines[:4], "leftover_processes": leftovers,
             "checkpoint_step": ckpt_step, "checkpoint_loads": loads, "checkpoint_error": why,
             "resume_n": resume_n, "resumed": resumed, "bitwise_resume": bitwise}
@@ -296,3 +343,35 @@ def signal_job(tmp_dir: str | Path, seed: int, signum: int, target: str = "mpiex
             "leftover_processes": leftovers, "checkpoint_step": ckpt_step, "checkpoint_loads": loads,
             "checkpoint_error": why, "checkpoint_within_one_step": within_one,
             "stderr_tail": out.strip().splitlines()[-2:], "resumed": resumed, "bitwise_resume": bitwise}
+
+
+def stop_random_rank(tmp_dir: str | Path, seed: int) -> dict:
+    """SIGSTOP a random rank's training process after a random step (a hung node, an NFS
+    stall), with comm.timeout_s = STOP_TIMEOUT_S: the job must end within twice that, naming
+    the rank, with a checkpoint of the last finished step unless rank 0 (which writes them) is
+    the stopped one, and leave no process behind, the stopped one included."""
+    rng = random.Random(seed)
+    tmp_dir = Path(tmp_dir)
+    at_step, rank = rng.randint(6, 30), rng.randrange(N)
+    run_dir = tmp_dir / f"stop-seed{seed}"
+    job = _Job(N, run_dir, "--set", f"comm.timeout_s={STOP_TIMEOUT_S:g}")
+    try:
+        pids = rank_pids(run_dir, N)
+        job.note_proxies()
+        reached = job.wait_for_step(at_step)
+        os.kill(pids[rank], signal.SIGSTOP)
+        code, took = job.wait_exit(2 * STOP_TIMEOUT_S + 10)
+    finally:
+        leftovers = job.cleanup()
+    out = job.output()
+    named = silent_named(out)
+    last = last_step(run_dir)
+    ckpt_step, loads, why = newest_checkpoint(run_dir)
+    resumed, bitwise = _resume(tmp_dir, run_dir, N) if loads else (False, False)
+    return {"fault": "SIGSTOP rank", "seed": seed, "stopped_rank": rank, "stopped_after_step": reached,
+            "exit_code": code, "seconds_to_exit": took, "exited_nonzero": code is not None and code != 0,
+            "within_2x_timeout": code is not None and took <= 2 * STOP_TIMEOUT_S,
+            "ranks_named": named, "names_rank": named == [rank], "mpich_stack": bool(MPICH_STACK.search(out)),
+            "last_logged_step": last, "checkpoint_step": ckpt_step, "checkpoint_loads": loads, "checkpoint_error": why,
+            "last_step_checkpointed": ckpt_step == last, "leftover_processes": leftovers,
+            "stderr_tail": out.strip().splitlines()[-3:], "resumed": resumed, "bitwise_resume": bitwise}
