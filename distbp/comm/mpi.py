@@ -5,13 +5,13 @@ collective of a training step.
 Deadlines (``comm.timeout_s``). A rank that stops (SIGSTOP, a hung node, an NFS stall) would
 leave its peers in their next collective forever: MPI has no timeout. So every collective of
 the training loop is started nonblocking (``Iallreduce``, ``Iallgather``, ``Ibcast``) and
-polled: without pause for ``TIGHT_S`` (not at all on a host with more ranks than cores,
-where a tight ``Test`` loop is 2-10x slower: the peers it waits for cannot run), then with
-``sched_yield`` between polls until ``SPIN_S``; that is as fast as MPICH's own blocking wait
-(bench/allreduce.py). After that, a small collective (the step's statistics, where ranks wait for a late
-peer) sleeps between polls, up to ``MAX_PAUSE_S``, so a rank waiting for a stalled peer does
-not spin at 100% CPU; a large one (the gradient, whose peers are all there by then) keeps
-yielding. The set-up's collectives (handshake, broadcast of the parameters, which can wait
+polled: without pause for ``TIGHT_S``, then with a ``sched_yield`` every few polls until
+``SPIN_S``; that is as fast as MPICH's own blocking wait (bench/allreduce.py). On a host with
+more ranks than cores every poll yields and none spins (a tight ``Test`` loop is 2-10x
+slower there: the peers it waits for cannot run). After ``SPIN_S``, a small collective (the
+step's statistics, where ranks wait for a late peer) sleeps between polls, up to
+``MAX_PAUSE_S``, so a rank waiting for a stalled peer does not spin at 100% CPU; a large one
+(the gradient, whose peers are all there by then) keeps yielding. The set-up's collectives (handshake, broadcast of the parameters, which can wait
 for a slow data load or checkpoint check) have no deadline; the deadlines begin with the
 first training step.
 
@@ -108,7 +108,9 @@ class MPICommunicator(Communicator):
             # posted there makes the UCX layer warn of a request not returned.
             atexit.register(self.close)
         self._threads = MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        self._tight_s = 0.0 if local_world()[0] > cpu_count() else TIGHT_S
+        crowded = local_world()[0] > cpu_count()
+        self._tight_s = 0.0 if crowded else TIGHT_S
+        self._polls_per_yield = 1 if crowded else 4
 
     # -- collectives ------------------------------------------------------------------------
     def allreduce_sum_(self, flat: np.ndarray) -> np.ndarray:
@@ -289,10 +291,12 @@ class MPICommunicator(Communicator):
             while clock() < tight_end:  # a collective whose peers are all there ends here
                 if done():
                     return
+            polls = self._polls_per_yield
             while True:
                 pause()
-                if done():
-                    return
+                for _ in range(polls):
+                    if done():
+                        return
                 if clock() >= spin_end:
                     break
             self._wait_long(done, nbytes <= SMALL_BYTES, what, t0)

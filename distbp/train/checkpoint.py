@@ -414,6 +414,11 @@ def _alive(pid: int) -> bool:
         return True  # it exists, under another user
     except (OverflowError, ValueError):
         return False
+    try:  # a zombie (dead, not yet reaped: init can take a second) holds nothing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
     return True
 
 

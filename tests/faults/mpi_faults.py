@@ -207,7 +207,11 @@ class _Job:
             except ProcessLookupError:
                 pass
             self.popen.wait(timeout=10)
-        time.sleep(0.2)  # let killed ranks be reaped before looking for leftovers
+        # Processes SIGKILLed as mpiexec ended take a moment to go: count what is left after 3 s.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (processes_of(self.run_dir)
+                                               or any(not _is_zombie(pid) for pid in self.proxies)):
+            time.sleep(0.05)
         for pid in self.proxies:
             if not _is_zombie(pid):  # a proxy still running (_is_zombie says True for one that is gone)
                 killed += 1

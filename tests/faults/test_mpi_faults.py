@@ -18,7 +18,7 @@ import pytest
 from distbp.train import read_checkpoint
 
 from .mpi_faults import (BASE, EXIT_WITHIN_S, MPICH_STACK, MPIEXEC, N, STOP_TIMEOUT_S, _proxies, _is_zombie,
-                         kill_leftovers, kill_random_rank, signal_job, stop_random_rank)
+                         kill_leftovers, kill_random_rank, processes_of, signal_job, stop_random_rank)
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,9 @@ def _hooked(run_dir: Path, env: dict[str, str], *sets: str,
             os.killpg(p.pid, signal.SIGKILL)
             raise
         ended = time.time()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 3  # processes SIGKILLed as mpiexec ends take a moment to go
+    while time.monotonic() < deadline and (any(not _is_zombie(pid) for pid in proxies) or processes_of(run_dir)):
+        time.sleep(0.05)
     left = sum(not _is_zombie(pid) for pid in proxies) + kill_leftovers(run_dir)
     return subprocess.CompletedProcess(cmd, p.returncode, out, err), ended, left
 
