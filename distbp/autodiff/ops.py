@@ -10,18 +10,11 @@ Everything else (mean, softmax, the losses) is composed from these in ``distbp.f
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .tensor import Primitive, unbroadcast
-
-
-def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    return tuple(int(a) % ndim for a in axes) if ndim else ()
+from .tensor import Primitive, _axes, unbroadcast
 
 
 def _expand(g: np.ndarray, shape: tuple[int, ...], axis: Any, keepdims: bool) -> np.ndarray:

@@ -13,8 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from .config_faults import BOMB_LIMIT_S, yaml_bomb  # noqa: E402
-from .mpi_faults import EXIT_WITHIN_S, kill_random_rank, signal_job  # noqa: E402
-from .zmq_faults import TIMEOUT_S, Job, hostile_trial, kill_server, kill_worker, signal_server  # noqa: E402
+from .mpi_faults import EXIT_WITHIN_S, STOP_TIMEOUT_S, kill_random_rank, signal_job, stop_random_rank  # noqa: E402
+from .rundir_faults import all_damaged, two_jobs  # noqa: E402
+from .zmq_faults import (TIMEOUT_S, Job, hostile_trial, kill_server, kill_server_launched, kill_worker,  # noqa: E402
+                         nan_worker, rogue_worker, sigstop_server_launched, signal_server)
 
 
 def _row(name: str, figs: list[dict], limit: float) -> tuple:
@@ -45,24 +47,19 @@ def main() -> None:
               ("MPI: SIGTERM to mpiexec", lambda d, s: signal_job(d, s, signal.SIGTERM), EXIT_WITHIN_S),
               ("MPI: SIGINT to mpiexec", lambda d, s: signal_job(d, s, signal.SIGINT), EXIT_WITHIN_S),
               ("MPI: SIGTERM to rank 0", lambda d, s: signal_job(d, s, signal.SIGTERM, "rank0"), EXIT_WITHIN_S),
-              ("MPI: kill -9 random rank's supervisor", lambda d, s: sys.modules[f"{__package__}.mpi_faults"]
-               .kill_random_rank(d, s, target="supervisor"), EXIT_WITHIN_S),
-              ("MPI: SIGSTOP random rank", lambda d, s: sys.modules[f"{__package__}.mpi_faults"]
-               .stop_random_rank(d, s), 2 * sys.modules[f"{__package__}.mpi_faults"].STOP_TIMEOUT_S),
+              ("MPI: kill -9 random rank's supervisor", lambda d, s: kill_random_rank(d, s, target="supervisor"),
+               EXIT_WITHIN_S),
+              ("MPI: SIGSTOP random rank", stop_random_rank, 2 * STOP_TIMEOUT_S),
               ("ZMQ: kill -9 worker", kill_worker, zmq_limit),
               ("ZMQ: kill -9 server", kill_server, zmq_limit),
               ("ZMQ: SIGTERM to server", lambda d, s: signal_server(d, s, signal.SIGTERM), zmq_limit),
               ("ZMQ: SIGINT to server", lambda d, s: signal_server(d, s, signal.SIGINT), zmq_limit),
-              ("ZMQ: SIGSTOP server (zmq-local)", lambda d, s: sys.modules[f"{__package__}.zmq_faults"]
-               .sigstop_server_launched(d, s), 2 * TIMEOUT_S + 2.0),
-              ("ZMQ: kill -9 server (zmq-local)", lambda d, s: sys.modules[f"{__package__}.zmq_faults"]
-               .kill_server_launched(d, s), zmq_limit),
-              ("ZMQ: rogue worker with a valid key", lambda d, s: sys.modules[f"{__package__}.zmq_faults"]
-               .rogue_worker(d, s), 5.0),
-              ("ZMQ: NaN-loss worker", lambda d, s: sys.modules[f"{__package__}.zmq_faults"]
-               .nan_worker(d, s, what="loss"), zmq_limit),
-              ("run dir: all checkpoints damaged", lambda d, s: __import__(f"{__package__}.rundir_faults", fromlist=["_"]).all_damaged(d, s), 30.0),
-              ("run dir: two jobs", lambda d, s: __import__(f"{__package__}.rundir_faults", fromlist=["_"]).two_jobs(d, s), 30.0),
+              ("ZMQ: SIGSTOP server (zmq-local)", sigstop_server_launched, 2 * TIMEOUT_S + 2.0),
+              ("ZMQ: kill -9 server (zmq-local)", kill_server_launched, zmq_limit),
+              ("ZMQ: rogue worker with a valid key", rogue_worker, 5.0),
+              ("ZMQ: NaN-loss worker", lambda d, s: nan_worker(d, s, what="loss"), zmq_limit),
+              ("run dir: all checkpoints damaged", all_damaged, 30.0),
+              ("run dir: two jobs", two_jobs, 30.0),
               ("config: YAML bomb", yaml_bomb, BOMB_LIMIT_S)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="distbp-faults-") as tmp:
