@@ -26,19 +26,27 @@ from typing import Any
 
 import numpy as np
 
-from .comm import Communicator, get_communicator, install_abort_hook
+from .comm import Communicator, MPICommunicator, get_communicator, install_abort_hook
 from .data.sampler import DistributedSampler as _Sampler
 from .nn import Module, Parameter
 
 _state: dict[str, Communicator] = {}
 
 
-def init(comm: Communicator | None = None) -> Communicator:
+def init(comm: Communicator | None = None, timeout_s: float | None = None) -> Communicator:
     """Join the job: MPI when launched by mpirun/mpiexec, otherwise one process (or ``comm``).
-    Idempotent. Installs abort-on-error when there is more than one rank."""
+    Idempotent. Installs abort-on-error when there is more than one rank.
+
+    ``timeout_s`` (as torch's ``init_process_group(timeout=)``): every collective has that
+    deadline, from the first; a rank silent that long (stopped, hung) is named and every rank
+    ends with a non-zero exit. None: collectives wait as long as plain MPI's."""
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"distbp.distributed.init: timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if "comm" in _state and comm is None:
         return _state["comm"]
-    c = comm if comm is not None else get_communicator({"backend": "auto"})
+    c = comm if comm is not None else get_communicator({"backend": "auto", "timeout_s": timeout_s})
+    if timeout_s is not None and isinstance(c, MPICommunicator):
+        c.arm("distbp.distributed.init's timeout_s")
     _state["comm"] = c
     if c.size > 1:
         install_abort_hook(c)

@@ -4,6 +4,7 @@ mpirun against one process, abort on error, and launchers that are not MPI refus
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -132,6 +133,37 @@ def test_an_exception_on_rank_1_ends_every_rank_within_5_s():
     assert named[0].endswith(" raised ValueError: bad batch on this rank; ending all 2 ranks")
     assert "[rank 1] Traceback (most recent call last):" in lines
     assert "[rank 1] ValueError: bad batch on this rank" in lines
+
+
+STOPPED_RANK = """
+import os, signal
+import numpy as np
+import distbp.distributed as dist
+dist.init(timeout_s=2)
+x = np.ones(1000, dtype=np.float32)
+for step in range(100):
+    if dist.rank() == 1 and step == 5:
+        print("stopping", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)  # a hung node: alive, silent
+    dist.allreduce_(x, op="average")
+print("must not get past", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_init_timeout_names_a_stopped_rank_and_ends_the_job():
+    t0 = time.monotonic()
+    res = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", STOPPED_RANK], capture_output=True,
+                         text=True, timeout=60, env=_clean_env())
+    elapsed = time.monotonic() - t0
+    assert res.returncode != 0 and elapsed < 2 + 2 + 3, (elapsed, res.stderr)  # timeout, grace, two starts
+    assert "stopping" in res.stdout and "must not get past" not in res.stdout
+    assert re.search(r"rank 1 \(pid \d+ on \S+\) silent for 2 s \(distbp.distributed.init's timeout_s\) in all-reduce number 6", res.stderr), res.stderr
+
+
+def test_init_refuses_a_timeout_that_is_not_positive():
+    with pytest.raises(ValueError, match="timeout_s must be a positive number of seconds, got 0"):
+        dist.init(timeout_s=0)
 
 
 COLLECTIVE_ERROR = """

@@ -95,6 +95,7 @@ class MPICommunicator(Communicator):
         self._buckets = None
         self.timeout_s = timeout_s
         self._armed = False  # deadlines on every collective once the first training step begins
+        self._timeout_key = "comm.timeout_s"
         self._seq = 0  # deadlined collectives so far: the same count on every rank
         self._names: list[str] = []  # "pid P on HOST" of every rank, from processes()
         self._ctl = None
@@ -111,6 +112,15 @@ class MPICommunicator(Communicator):
         crowded = local_world()[0] > cpu_count()
         self._tight_s = 0.0 if crowded else TIGHT_S
         self._polls_per_yield = 1 if crowded else 4
+
+    def arm(self, key: str = "comm.timeout_s") -> None:
+        """Deadlines on every collective from now on. The Trainer arms at its first step, so
+        that start-up (data loading, the first broadcast) may take longer than timeout_s;
+        distbp.distributed.init(timeout_s=) arms at once. Collective: every rank arms at the
+        same point (the first time, it learns each rank's pid and host, to name a silent one)."""
+        if self._ctl is not None and not self._names:
+            self.processes()
+        self._armed, self._timeout_key = self._ctl is not None, key  # key: the setting a message names
 
     # -- collectives ------------------------------------------------------------------------
     def allreduce_sum_(self, flat: np.ndarray) -> np.ndarray:
@@ -131,7 +141,7 @@ class MPICommunicator(Communicator):
         (one dot product) appended: their sum is the step's arrival, and tells every rank
         whether any rank's numbers were not finite before the gradient is summed; then the
         gradient, then the update."""
-        self._armed = True
+        self.arm()
         buckets = self._buckets if self._buckets is not None and grad is self._buckets.grad else None
         if buckets is not None:
             buckets.start_rest()
@@ -353,7 +363,7 @@ class MPICommunicator(Communicator):
 
     def _silence(self, silent: list[int], what: str) -> str:
         where = f"during step {self.step}" if self.step else f"in {what} number {self._seq}"
-        text = f"{' and '.join(self._who(r) for r in silent)} silent for {self.timeout_s:g} s (comm.timeout_s) {where}"
+        text = f"{' and '.join(self._who(r) for r in silent)} silent for {self.timeout_s:g} s ({self._timeout_key}) {where}"
         if 0 in silent:
             text += ("; rank 0 is the coordinator, which writes the checkpoints, so none was written now: "
                      "--resume auto continues from the newest one")

@@ -638,6 +638,34 @@ def _raw_rogue(endpoint: str, key_dir: Path, step: int, rank: int, count: int = 
         ctx.term()
 
 
+# A worker that, holding rank RANK, waits before it sends the gradient of step STEP until the
+# file GO exists, and says so by writing HELD: the trial's rogue then speaks while the job is
+# certainly still running, whatever the load (the server reads every connection fairly).
+HOLD_WORKER = """
+import os, sys, time
+from distbp.comm import zmq_ps
+RANK, STEP, HELD, GO = {rank}, {step}, {held!r}, {go!r}
+original = zmq_ps.ZMQWorker.sync_step
+def held(self, grad, params, update, stats):
+    if self.rank == RANK and self._step == STEP - 1:
+        open(HELD, "w").close()
+        while not os.path.exists(GO):
+            time.sleep(0.01)
+    return original(self, grad, params, update, stats)
+zmq_ps.ZMQWorker.sync_step = held
+from distbp.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def _wait_for_file(path: Path, procs: list[Proc], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        ended = [p.name for p in procs if p.poll() is not None]
+        assert not ended and time.monotonic() < deadline, f"{path.name} never appeared; ended: {ended}"
+        time.sleep(0.02)
+
+
 def rogue_worker(tmp_dir: str | Path, seed: int, n: int = 2) -> dict:
     """One key per worker (distbp-keys --workers n), and a rogue that holds a valid key, not
     its own: worker ``victim``'s. A second worker process with that key asks to join while its
@@ -670,9 +698,12 @@ def rogue_worker(tmp_dir: str | Path, seed: int, n: int = 2) -> dict:
         rogue = job.worker("rogue", endpoint, final, own(victim))
         rogue_code = _wait(rogue, 30)
         rogue_s = time.monotonic() - t0
-        workers += [job.worker(f"worker{i}", endpoint, final, own(i)) for i in range(n) if i != victim]
-        wait_for_step(run, at_step, [server, *workers])
+        held, go = root / "held", root / "go"
+        hold = HOLD_WORKER.format(rank=1, step=at_step, held=str(held), go=str(go))
+        workers += [job.worker(f"worker{i}", endpoint, final, own(i), hold) for i in range(n) if i != victim]
+        _wait_for_file(held, [server, *workers])  # rank 1 waits at step at_step; the job cannot end
         answer, sent = _raw_rogue(endpoint, keys / f"worker-{victim}", at_step, 0)
+        go.touch()
         code = _wait(server, 60)
         codes = [_wait(w, 10) for w in workers]
     finally:
