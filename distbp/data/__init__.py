@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -14,8 +14,32 @@ from .preprocess import Preprocessor
 from .sampler import DistributedSampler, slice_bounds, split_indices
 from .source import BatchSource, DataInfo, Subset, as_source, data_info, num_classes
 
-DATASETS = ("digits", "synthetic", "npz", "csv", "idx", "conll")
-SYNTHETIC_KINDS = ("blobs", "spirals", "regression")
+
+
+def _idx(cfg: Mapping[str, Any], seed: int) -> Dataset:
+    if not cfg.get("labels"):
+        raise DataError("data.labels: the idx data set needs the path of its label file")
+    return loaders.load_idx(cfg["path"], cfg["labels"])
+
+
+# One entry per data set a config may name (the schema's data.name reads these) and per
+# synthetic kind (data.kind). CoNLL is read by sentence and split before windowing (load_splits).
+SYNTHETIC: dict[str, Callable[[Mapping[str, Any], int], Dataset]] = {
+    "blobs": lambda cfg, seed: synthetic.blobs(cfg["samples"], cfg["features"], cfg["classes"], cfg["noise"], seed),
+    "spirals": lambda cfg, seed: synthetic.spirals(cfg["samples"], cfg["classes"], cfg["noise"], seed),
+    "regression": lambda cfg, seed: synthetic.regression(cfg["samples"], cfg["features"], cfg["noise"], seed),
+}
+READERS: dict[str, Callable[[Mapping[str, Any], int], Dataset]] = {
+    "digits": lambda cfg, seed: loaders.load_digits(),
+    "synthetic": lambda cfg, seed: _synthetic(cfg, seed),
+    "npz": lambda cfg, seed: loaders.load_npz(cfg["path"], cfg.get("x_key", "x"), cfg.get("y_key", "y"),
+                                              cfg.get("task", "classification")),
+    "csv": lambda cfg, seed: loaders.load_csv(cfg["path"], cfg.get("label"), cfg.get("task", "classification"),
+                                              cfg.get("delimiter", "auto")),
+    "idx": _idx,
+}
+DATASETS = (*READERS, "conll")
+SYNTHETIC_KINDS = tuple(SYNTHETIC)
 
 
 @dataclass
@@ -28,29 +52,18 @@ class Splits:
     test: Dataset | None = None
 
 
+def _synthetic(cfg: Mapping[str, Any], seed: int) -> Dataset:
+    kind = cfg.get("kind", "blobs")
+    if kind not in SYNTHETIC:
+        raise DataError(f"data.kind: unknown synthetic kind {kind!r}; choose one of {', '.join(SYNTHETIC_KINDS)}")
+    return SYNTHETIC[kind](cfg, seed)
+
+
 def _read(cfg: Mapping[str, Any], seed: int) -> Dataset:
     name = cfg["name"]
-    task = cfg.get("task", "classification")
-    if name == "digits":
-        return loaders.load_digits()
-    if name == "synthetic":
-        kind = cfg.get("kind", "blobs")
-        if kind == "blobs":
-            return synthetic.blobs(cfg["samples"], cfg["features"], cfg["classes"], cfg["noise"], seed)
-        if kind == "spirals":
-            return synthetic.spirals(cfg["samples"], cfg["classes"], cfg["noise"], seed)
-        if kind == "regression":
-            return synthetic.regression(cfg["samples"], cfg["features"], cfg["noise"], seed)
-        raise DataError(f"data.kind: unknown synthetic kind {kind!r}; choose one of {', '.join(SYNTHETIC_KINDS)}")
-    if name == "npz":
-        return loaders.load_npz(cfg["path"], cfg.get("x_key", "x"), cfg.get("y_key", "y"), task)
-    if name == "csv":
-        return loaders.load_csv(cfg["path"], cfg.get("label"), task, cfg.get("delimiter", "auto"))
-    if name == "idx":
-        if not cfg.get("labels"):
-            raise DataError("data.labels: the idx data set needs the path of its label file")
-        return loaders.load_idx(cfg["path"], cfg["labels"])
-    raise DataError(f"data.name: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if name not in READERS:
+        raise DataError(f"data.name: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    return READERS[name](cfg, seed)
 
 
 def _check_train(train_idx: np.ndarray, val_fraction: float, n: int, what: str) -> None:

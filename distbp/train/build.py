@@ -8,19 +8,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import functional as F
 from .. import nn, optim
 from ..autodiff.tensor import Tensor
 from ..data import DataInfo
 from .config import AUTO, ConfigError, _suggest, check_model_memory, mlp_tensors
 from .factory import call_factory, import_object
-
-# A loss maps (outputs, targets, scale) to scale * (sum of per-sample losses): every worker
-# scales by 1/global_batch, so summing workers' gradients gives the global mean's gradient.
-LossFn = Callable[[Tensor, np.ndarray, float], Tensor]
-
-_INIT = {"xavier_uniform": nn.init.xavier_uniform_, "xavier_normal": nn.init.xavier_normal_,
-         "kaiming_normal": nn.init.kaiming_normal_}
+from .registry import INITS, LOSSES, OPTIMIZERS, SCHEDULES, LossFn
 
 # The layers a `model.type: sequential` config may list, by torch's class names.
 LAYERS: dict[str, type[nn.Module]] = {
@@ -28,12 +21,6 @@ LAYERS: dict[str, type[nn.Module]] = {
     "Hardtanh": nn.Hardtanh, "Softsign": nn.Softsign, "Dropout": nn.Dropout, "Embedding": nn.Embedding,
     "Flatten": nn.Flatten,
 }
-
-
-def _one_hot(y: np.ndarray, k: int, dtype: Any) -> np.ndarray:
-    out = np.zeros((len(y), k), dtype=dtype)
-    out[np.arange(len(y)), y] = 1
-    return out
 
 
 def _auto_sizes(sizes: list[Any], info: DataInfo) -> list[int]:
@@ -169,7 +156,7 @@ def build_model(cfg: dict[str, Any], info: DataInfo) -> nn.Module:
     if m["init"] != "xavier_uniform":
         for _, module in model.named_modules():
             if isinstance(module, nn.Linear):
-                _INIT[m["init"]](module.weight, rng=rng)
+                INITS[m["init"]](module.weight, rng=rng)
     return model
 
 
@@ -199,28 +186,18 @@ def per_sample_loss(fn: Callable[[Tensor, np.ndarray], Tensor], name: str) -> Lo
 
 
 def build_loss(cfg: dict[str, Any], num_outputs: int) -> LossFn:
-    """The configured training objective as a LossFn; a "pkg.module:function" is your own
-    ``fn(output, target)`` giving one loss per sample."""
-    name, margin = cfg["model"]["loss"], cfg["model"]["margin"]
-    if name == "cross_entropy":
-        return lambda out, y, scale: F.cross_entropy(out, y, reduction="sum") * scale
-    if name == "multi_margin":
-        return lambda out, y, scale: F.multi_margin(out, y, margin, reduction="sum") * scale
-    if name != "mse":
-        return per_sample_loss(import_object(name, "model.loss"), f"model.loss: {name}")
-
-    # Squared error, averaged over outputs as torch's MSELoss; class labels become one-hot
-    # targets (the course notes' sigmoid network).
-    def mse(out: Tensor, y: np.ndarray, scale: float) -> Tensor:
-        target = y if y.ndim == 2 else _one_hot(y, num_outputs, out.dtype)
-        return F.mse_loss(out, target, reduction="sum") * (scale / num_outputs)
-    return mse
+    """The configured training objective as a LossFn (registry.LOSSES); a "pkg.module:function"
+    is your own ``fn(output, target)`` giving one loss per sample."""
+    name = cfg["model"]["loss"]
+    if name in LOSSES:
+        return LOSSES[name].build(cfg["model"], num_outputs)
+    return per_sample_loss(import_object(name, "model.loss"), f"model.loss: {name}")
 
 
 def build_optimizer(cfg: dict[str, Any], model: nn.Module) -> optim.Optimizer:
-    """The configured optimizer over the model's flat parameter buffer (named order)."""
+    """The configured optimizer (registry.OPTIMIZERS) over the model's flat parameter buffer (named order)."""
     o = cfg["optimizer"]
-    name, lr, wd = o["name"], o["lr"], o["weight_decay"]
+    wd = o["weight_decay"]
     nn.flatten_parameters(model.parameters())
     params: Any = model.parameters()
     if wd > 0 and not o["decay_biases"]:
@@ -233,16 +210,7 @@ def build_optimizer(cfg: dict[str, Any], model: nn.Module) -> optim.Optimizer:
         ids = {id(p) for p in frozen}
         params = [dict(g, params=[p for p in g["params"] if id(p) not in ids]) for g in groups]
         params.append({"params": frozen, "lr": 0.0, "weight_decay": 0.0})
-    eps = o["eps"]
-    if name in ("sgd", "momentum"):  # "momentum" is sgd whose momentum defaults to 0.9
-        return optim.SGD(params, lr=lr, momentum=o["momentum"], dampening=o["dampening"], nesterov=o["nesterov"],
-                         weight_decay=wd)
-    if name == "adagrad":
-        return optim.AdaGrad(params, lr=lr, eps=1e-10 if eps is None else eps, weight_decay=wd)
-    if name == "rmsprop":
-        return optim.RMSProp(params, lr=lr, alpha=o["alpha"], eps=1e-8 if eps is None else eps, weight_decay=wd)
-    cls = optim.Adam if name == "adam" else optim.AdamW
-    return cls(params, lr=lr, betas=tuple(o["betas"]), eps=1e-8 if eps is None else eps, weight_decay=wd)
+    return OPTIMIZERS[o["name"]].build(params, o)
 
 
 def frozen_parameters(cfg: dict[str, Any]) -> set[str]:
@@ -252,19 +220,5 @@ def frozen_parameters(cfg: dict[str, Any]) -> set[str]:
 
 
 def build_scheduler(cfg: dict[str, Any], opt: optim.Optimizer, total_steps: int):
-    """The configured learning-rate schedule; cosine's horizon defaults to the run's length."""
-    s = cfg["schedule"]
-
-    def make(name: str, **extra: Any):
-        if name == "step":
-            return optim.lr_scheduler.build_scheduler("step", opt, step_size=s["step_size"], gamma=s["gamma"])
-        if name == "annealing":
-            return optim.lr_scheduler.build_scheduler("annealing", opt, tau=s["tau"])
-        if name == "cosine":
-            return optim.lr_scheduler.build_scheduler("cosine", opt, T_max=s["t_max"] or total_steps,
-                                                      eta_min=s["eta_min"])
-        return optim.lr_scheduler.build_scheduler(name, opt, **extra)
-
-    if s["name"] == "warmup":
-        return make("warmup", warmup_steps=s["warmup_steps"], after=make(s["after"]))
-    return make(s["name"])
+    """The configured learning-rate schedule (registry.SCHEDULES)."""
+    return SCHEDULES[cfg["schedule"]["name"]].build(opt, cfg["schedule"], total_steps)

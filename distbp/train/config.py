@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import yaml
+
+from ..comm import BACKENDS
+from ..data import DATASETS, PREPROCESS_KINDS, SYNTHETIC_KINDS
 from ..errors import EXIT_USAGE, DistbpError
+from ..nn import ACTIVATIONS
+from .registry import AFTER_WARMUP, INITS, LOSSES, OPTIMIZERS, SCHEDULES, users
 
 
 class ConfigError(DistbpError, ValueError):
@@ -103,8 +108,6 @@ METRIC_NAMES = ("accuracy", "macro_f1", "weighted_f1", "entity_f1", "entity_prec
                 "mse", "mae", "r2")
 LOWER_IS_BETTER = {"val_loss", "mse", "mae"}
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "softsign")
-
 SCHEMA: dict[str, Any] = {
     "seed": Field("int", 0, min=0),
     "model": {
@@ -113,11 +116,11 @@ SCHEMA: dict[str, Any] = {
         "layers": Field("list", None, nullable=True),
         "factory": Field("import_path", None, nullable=True),
         "options": Field("mapping", {}),
-        "activation": Field("str", "relu", choices=ACTIVATIONS),
+        "activation": Field("str", "relu", choices=tuple(ACTIVATIONS)),
         "output_activation": Field("str", "none", choices=("none", "sigmoid")),
         "dropout": Field("float", 0.0, min=0.0, max=1.0, max_open=True),
-        "init": Field("str", "xavier_uniform", choices=("xavier_uniform", "xavier_normal", "kaiming_normal")),
-        "loss": Field("str", "cross_entropy", choices=("cross_entropy", "multi_margin", "mse"), factory=True),
+        "init": Field("str", "xavier_uniform", choices=tuple(INITS)),
+        "loss": Field("str", "cross_entropy", choices=tuple(LOSSES), factory=True),
         "margin": Field("float", 1.0, min=0.0, min_open=True),
         "embed_dim": Field("int", 50, min=1),
         "window": Field("int", 2, min=0),
@@ -126,7 +129,7 @@ SCHEMA: dict[str, Any] = {
         "freeze_embeddings": Field("bool", False),
     },
     "data": {
-        "name": Field("str", "digits", choices=("digits", "synthetic", "npz", "csv", "idx", "conll", "custom")),
+        "name": Field("str", "digits", choices=(*DATASETS, "custom")),
         "factory": Field("import_path", None, nullable=True),
         "options": Field("mapping", {}),
         "path": Field("str", None, nullable=True),
@@ -136,7 +139,7 @@ SCHEMA: dict[str, Any] = {
         "x_key": Field("str", "x"),
         "y_key": Field("str", "y"),
         "task": Field("str", "classification", choices=("classification", "regression")),
-        "kind": Field("str", "blobs", choices=("blobs", "spirals", "regression")),
+        "kind": Field("str", "blobs", choices=SYNTHETIC_KINDS),
         "samples": Field("int", 2000, min=2),
         "features": Field("int", 16, min=1),
         "classes": Field("int", 3, min=2),
@@ -146,7 +149,7 @@ SCHEMA: dict[str, Any] = {
         "test_path": Field("str", None, nullable=True),
         "test_labels": Field("str", None, nullable=True),
         "stratify": Field("bool", False),
-        "preprocess": Field("str", "standardize", choices=("none", "center", "standardize", "whiten")),
+        "preprocess": Field("str", "standardize", choices=PREPROCESS_KINDS),
         "whiten_eps": Field("float", 1e-5, min=0.0, min_open=True),
         "min_count": Field("int", 1, min=1),
     },
@@ -165,7 +168,7 @@ SCHEMA: dict[str, Any] = {
         "clip_grad_norm": Field("float", None, min=0.0, min_open=True, nullable=True),
     },
     "optimizer": {
-        "name": Field("str", "adam", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")),
+        "name": Field("str", "adam", choices=tuple(OPTIMIZERS)),
         "lr": Field("float", 0.001, min=0.0, min_open=True),
         "weight_decay": Field("float", 0.0, min=0.0),
         "decay_biases": Field("bool", False),
@@ -178,17 +181,17 @@ SCHEMA: dict[str, Any] = {
         "alpha": Field("float", 0.99, min=0.0, max=1.0),
     },
     "schedule": {
-        "name": Field("str", "constant", choices=("constant", "step", "annealing", "cosine", "warmup")),
+        "name": Field("str", "constant", choices=tuple(SCHEDULES)),
         "step_size": Field("int", 1000, min=1),
         "gamma": Field("float", 0.1, min=0.0, min_open=True),
         "tau": Field("float", 100.0, min=0.0, min_open=True),
         "t_max": Field("int", None, min=1, nullable=True),
         "eta_min": Field("float", 0.0, min=0.0),
         "warmup_steps": Field("int", 100, min=1),
-        "after": Field("str", "constant", choices=("constant", "step", "annealing", "cosine")),
+        "after": Field("str", "constant", choices=AFTER_WARMUP),
     },
     "comm": {
-        "backend": Field("str", "auto", choices=("auto", "local", "mpi", "zmq")),
+        "backend": Field("str", "auto", choices=BACKENDS),
         "role": Field("str", "worker", choices=("server", "worker")),
         "endpoint": Field("str", "tcp://127.0.0.1:5555"),
         "workers": Field("int", 1, min=1),
@@ -387,7 +390,7 @@ _SCHEDULE = lambda cfg: "schedule.name: " + " then ".join(  # noqa: E731
     [cfg["schedule"]["name"]] + ([cfg["schedule"]["after"]] if cfg["schedule"]["name"] == "warmup" else []))
 _FILES = ("npz", "csv", "idx", "conll")
 
-APPLIES: tuple[Applies, ...] = (
+_HAND_APPLIES: tuple[Applies, ...] = (
     Applies(("model.sizes", "model.output_activation", "model.dropout"), _is("model.type", "mlp"),
             _named("model.type"), "model.type: mlp"),
     Applies(("model.activation", "model.init"), _is("model.type", "mlp", "window", "sequential"),
@@ -400,7 +403,6 @@ APPLIES: tuple[Applies, ...] = (
     Applies(("model.layers",), _is("model.type", "sequential"), _named("model.type"), "model.type: sequential"),
     Applies(("model.factory", "model.options"), _is("model.type", "custom"), _named("model.type"),
             "model.type: custom"),
-    Applies(("model.margin",), _is("model.loss", "multi_margin"), _named("model.loss"), "model.loss: multi_margin"),
     Applies(("data.path",), _is("data.name", *_FILES), _named("data.name"), "a data set read from a file"),
     Applies(("data.labels",), _is("data.name", "idx"), _named("data.name"), "data.name: idx"),
     Applies(("data.label", "data.delimiter"), _is("data.name", "csv"), _named("data.name"), "data.name: csv"),
@@ -420,21 +422,6 @@ APPLIES: tuple[Applies, ...] = (
     Applies(("data.stratify",), lambda c: c["data"]["name"] not in ("conll", "custom"), _named("data.name"),
             "classification data read by distbp (CoNLL is split by sentence)"),
     Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
-    Applies(("optimizer.momentum", "optimizer.dampening", "optimizer.nesterov"),
-            _is("optimizer.name", "sgd", "momentum"), _named("optimizer.name"), "optimizer.name: sgd or momentum"),
-    Applies(("optimizer.betas",), _is("optimizer.name", "adam", "adamw"), _named("optimizer.name"),
-            "optimizer.name: adam or adamw"),
-    Applies(("optimizer.eps",), _is("optimizer.name", "adagrad", "rmsprop", "adam", "adamw"),
-            _named("optimizer.name"), "an adaptive optimizer"),
-    Applies(("optimizer.alpha",), _is("optimizer.name", "rmsprop"), _named("optimizer.name"),
-            "optimizer.name: rmsprop"),
-    Applies(("schedule.step_size", "schedule.gamma"), lambda c: "step" in _schedules(c), _SCHEDULE,
-            "the step schedule"),
-    Applies(("schedule.tau",), lambda c: "annealing" in _schedules(c), _SCHEDULE, "the annealing schedule"),
-    Applies(("schedule.t_max", "schedule.eta_min"), lambda c: "cosine" in _schedules(c), _SCHEDULE,
-            "the cosine schedule"),
-    Applies(("schedule.warmup_steps", "schedule.after"), _is("schedule.name", "warmup"), _named("schedule.name"),
-            "schedule.name: warmup"),
     Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.heartbeat_s",
              "comm.join_timeout_s", "comm.curve", "comm.insecure"), _is("comm.backend", "zmq"), _named("comm.backend"),
             "comm.backend: zmq"),
@@ -443,6 +430,31 @@ APPLIES: tuple[Applies, ...] = (
     Applies(("comm.timeout_s",), _is("comm.backend", "auto", "mpi", "zmq"), _named("comm.backend"),
             "comm.backend: zmq or mpi (or auto under mpirun)"),
 )
+
+
+
+
+def _or(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _registry_applies() -> tuple[Applies, ...]:
+    """The optimizer, loss and schedule keys' rules, from the entries that read them (registry.py)."""
+    rules = [Applies((f"optimizer.{u.key}",), _is("optimizer.name", *u.choices), _named("optimizer.name"),
+                     f"optimizer.name: {_or(u.choices)}") for u in users(OPTIMIZERS)]
+    rules += [Applies((f"model.{u.key}",), _is("model.loss", *u.choices), _named("model.loss"),
+                      f"model.loss: {_or(u.choices)}") for u in users(LOSSES)]
+    for u in users(SCHEDULES):
+        if any(SCHEDULES[c].nests for c in u.choices):  # a wrapper's keys: it is only ever schedule.name
+            rules.append(Applies((f"schedule.{u.key}",), _is("schedule.name", *u.choices), _named("schedule.name"),
+                                 f"schedule.name: {_or(u.choices)}"))
+        else:
+            rules.append(Applies((f"schedule.{u.key}",), lambda c, u=u: bool(_schedules(c) & set(u.choices)),
+                                 _SCHEDULE, f"the {_or(u.choices)} schedule"))
+    return tuple(rules)
+
+
+APPLIES: tuple[Applies, ...] = _HAND_APPLIES + _registry_applies()
 
 
 def inapplicable(cfg: dict[str, Any]) -> set[str]:
@@ -476,13 +488,7 @@ def _applicability(cfg: dict[str, Any], given: set[str]) -> list[str]:
 
 def _fill_variant_defaults(cfg: dict[str, Any]) -> list[str]:
     """Defaults that depend on the variant, and torch's rules across keys."""
-    o = cfg["optimizer"]
-    if o["name"] in ("sgd", "momentum") and o["momentum"] is None:
-        o["momentum"] = 0.9 if o["name"] == "momentum" else 0.0  # torch.optim.SGD's default is 0
-    if o["name"] in ("sgd", "momentum") and o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
-        return [f"optimizer.nesterov: Nesterov momentum needs optimizer.momentum > 0 and optimizer.dampening 0 "
-                f"(as torch.optim.SGD), got momentum {o['momentum']} and dampening {o['dampening']}"]
-    return []
+    return OPTIMIZERS[cfg["optimizer"]["name"]].fill(cfg["optimizer"])
 
 
 def _where(path: str) -> str:
@@ -605,12 +611,7 @@ def _refuse_if_too_big(key: str, need: int, what: str) -> None:
 
 
 def _state_slots(cfg: dict[str, Any]) -> int:
-    o = cfg["optimizer"]
-    if o["name"] in ("adam", "adamw"):
-        return 2  # exp_avg, exp_avg_sq
-    if o["name"] in ("sgd", "momentum"):
-        return 1 if (o["momentum"] if o["momentum"] is not None else o["name"] == "momentum") else 0
-    return 1  # adagrad's sum, rmsprop's square average
+    return OPTIMIZERS[cfg["optimizer"]["name"]].state_slots(cfg["optimizer"])
 
 
 def check_model_memory(cfg: dict[str, Any], key: str, tensors: Iterable[int]) -> None:
