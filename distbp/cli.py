@@ -68,9 +68,27 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set optimizer.lr=0.01 (repeatable)")
 
 
+EXIT_CODES = ("exit codes: 0 done; 1 a run error (a data file, a damaged checkpoint, a non-finite loss, a lost "
+              "worker); 2 a bad command line or config; 128 + N when signal N (SIGINT 130, SIGTERM 143) stopped "
+              "the run after a checkpoint.")
+DEBUG = "environment: DISTBP_DEBUG=1 prints the traceback behind an error message."
+
+
+def _train_epilog() -> str:
+    import textwrap
+
+    from .train.config import SCHEMA
+
+    sections = "; ".join(f"{k} ({', '.join(v)})" if isinstance(v, dict) else k for k, v in SCHEMA.items())
+    text = (f"config sections and keys (a YAML file, or --set SECTION.KEY=VALUE; --print-config shows them all "
+            f"with their values; README.md, 'Config', says what each does): {sections}.")
+    return "\n\n".join(textwrap.fill(t, 100) for t in (text, EXIT_CODES, DEBUG))
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """distbp-train: train the configured model; with no --config, the default config."""
-    parser = argparse.ArgumentParser(prog="distbp-train", description=train_main.__doc__)
+    parser = argparse.ArgumentParser(prog="distbp-train", description=train_main.__doc__, epilog=_train_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distbp {__version__}")
     _config_args(parser)
     parser.add_argument("--run-dir", metavar="DIR", help="where config, metrics, log and checkpoints go "
@@ -99,7 +117,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         check_memory(cfg)  # a model or synthetic data set too big for this machine, before any is allocated
         if args.resume not in ("auto", "never") and not os.path.isfile(args.resume):
             raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
-        trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume)
+        trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, stream=sys.stdout)
         result = trainer.run()
         if not trainer.comm.is_coordinator:
             return EXIT_OK

@@ -382,3 +382,16 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.train_main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"distbp {__version__}\n"
+
+
+def test_help_names_the_config_sections_the_exit_codes_and_distbp_debug(capsys):
+    from distbp.train.config import SCHEMA
+    with pytest.raises(SystemExit) as e:
+        cli.train_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # the epilog is wrapped
+    assert e.value.code == 0
+    for section, keys in SCHEMA.items():
+        assert (f"{section} (" + ", ".join(keys) + ")" if isinstance(keys, dict) else section) in out
+    assert "exit codes: 0 done; 1 a run error" in out and "2 a bad command line or config" in out
+    assert "128 + N when signal N (SIGINT 130, SIGTERM 143)" in out
+    assert "DISTBP_DEBUG=1 prints the traceback" in out

@@ -36,7 +36,7 @@ from .checkpoint import (BEST, DAMAGED, Checkpoint, CheckpointError, check_fits,
 from .config import (ConfigError, better, check_run_dir, config_hash, defaults, dump, load_config, resolve,
                      run_dir_error, run_dir_path, semantic_diff)
 from .factory import call_factory, import_object
-from .metrics import MetricsFile, RunLog
+from .metrics import MetricsFile, RunLog, Throughput
 
 EVAL_BATCH = 1024
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -106,8 +106,7 @@ class _Run:
     # (in the checkpoint's meta, so that a resumed run decides as the uninterrupted one).
     tracking: dict[str, Any] = field(default_factory=dict)
     stop_early: bool = False
-    log_time: float = 0.0
-    samples_since_log: int = 0
+    throughput: Throughput = field(default_factory=Throughput)
 
 
 def _clip_grad_norm(grad: np.ndarray, squares: float, max_norm: float) -> None:
@@ -224,6 +223,11 @@ class Trainer:
     nothing is overwritten), or a checkpoint path. One job at a time per run directory
     (``RUN/.lock``; a second is refused with RunDirLocked). ``fit()`` trains
     and returns the final metrics; under mpirun every rank gets the same dict.
+
+    The coordinator's log lines are records of the ``logging`` logger "distbp", and all of
+    them go to ``train.log``. ``stream`` (a file object) prints them there too; without it
+    they are printed on stdout, unless the program configured logging itself (a handler on
+    the root logger or on "distbp"), which then receives them instead.
     """
 
     def __init__(self, config: Mapping[str, Any] | str | Path | None = None, *, model: nn.Module | None = None,
@@ -581,10 +585,11 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def _loop(self, run: _Run) -> RunResult:
         previous_handlers = self._install_signal_handlers()
-        run.log_time = time.perf_counter()
         try:
             while run.step < run.total and not run.stop_early:
+                t0 = time.perf_counter()
                 stats, batch = self._train_step(run.step, run)
+                run.throughput.add(batch, time.perf_counter() - t0)
                 if self._finish_step(run, stats, batch):
                     raise Interrupted(self._signal, run.step, run.checkpoint if self.comm.is_coordinator else None)
             if self.comm.is_coordinator and run.data.test is not None:
@@ -617,7 +622,6 @@ class Trainer:
         Whether the job stops now (a signal, agreed by all)."""
         run.sched.step()
         run.step += 1
-        run.samples_since_log += batch
         step, is_last = run.step, run.step == run.total
         # The step's exchange also summed the loss and whether any process was signalled
         # before it. Only that agreed flag stops the loop: a signal that lands on one rank
@@ -649,17 +653,15 @@ class Trainer:
 
     def _log_step(self, run: _Run) -> None:
         if self.comm.is_coordinator:
-            now = time.perf_counter()
-            rate = run.samples_since_log / max(now - run.log_time, 1e-9)
+            rate = run.throughput.rate()
             epoch = (run.step - 1) // run.sampler.steps_per_epoch
             lr = run.opt.param_groups[0]["lr"]
             run.metrics.write({"step": run.step, "epoch": epoch, "loss": run.loss, "lr": lr,
                                "samples_per_s": round(rate, 1)})
-            if run.log.bar is None:
-                run.log.info(f"step {run.step}/{run.total} epoch {epoch} loss {run.loss:.4f} lr {lr:.3g} "
-                             f"{rate:,.0f} samples/s")
+            # Under the bar (which shows the step and loss), train.log alone gets the line.
+            run.log.info(f"step {run.step}/{run.total} epoch {epoch} loss {run.loss:.4f} lr {lr:.3g} "
+                         f"{rate:,.0f} samples/s", console=False)
             run.log.advance(0, {"loss": f"{run.loss:.4f}"})
-        run.log_time, run.samples_since_log = time.perf_counter(), 0
 
     def _evaluate(self, run: _Run) -> None:
         run.evaluation = evaluate(run.model, run.loss_fn, run.data.val, self.metrics, run.opt.flat.data.dtype,
