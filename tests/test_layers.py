@@ -93,3 +93,14 @@ def test_the_walk_catches_each_kind_of_import():
     assert violations("from ..nn import Module\n", PACKAGE / "optim" / "sgd.py") == []
     assert violations("from ..optim import SGD\n", PACKAGE / "nn" / "layers.py") == \
         ["distbp/nn/layers.py:1: nn imports optim"]
+
+
+def test_the_autodiff_engine_stays_within_its_budget():
+    # tensor.py holds the graph, Primitive, apply, unbroadcast, Tensor's operators and the
+    # reverse-mode walk: readable in one sitting. The torch-style conveniences live in
+    # torch_methods.py, composed from primitives; they define none (docs/ARCHITECTURE.md).
+    engine = PACKAGE / "autodiff" / "tensor.py"
+    assert len(engine.read_text().splitlines()) <= 600
+    methods = ast.parse((PACKAGE / "autodiff" / "torch_methods.py").read_text())
+    calls = {n.func.id for n in ast.walk(methods) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "Primitive" not in calls and "apply" not in calls
