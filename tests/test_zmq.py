@@ -89,6 +89,38 @@ def test_same_n_twice_is_bitwise_identical_whatever_the_arrival_order(job, tmp_p
     job.assert_all_ended()
 
 
+# The server's first evaluation takes 3.5 s, well past comm.timeout_s (1 s): the workers,
+# waiting for the next parameters, must hear its heartbeats meanwhile.
+SLOW_EVAL = """
+import sys, time
+from distbp.train import trainer
+original = trainer.Trainer._evaluate
+calls = []
+def slow(self, run):
+    if not calls:
+        calls.append(run.step)
+        time.sleep(3.5)
+    return original(self, run)
+trainer.Trainer._evaluate = slow
+from distbp.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def test_a_long_evaluation_on_the_server_is_not_a_dead_server(job, tmp_path):
+    liveness = ("comm.heartbeat_s=0.25", "comm.timeout_s=1")
+    clean, slow = tmp_path / "clean", tmp_path / "slow"
+    job.run("clean", 2, clean, comm=liveness)
+    endpoint = free_endpoint()
+    server = job.launch("slow-server", [*job.common(endpoint, OVERRIDES, "comm.role=server", "comm.workers=2",
+                                                   *liveness), "--run-dir", str(slow)], SLOW_EVAL)
+    workers = [job.worker(f"slow-worker{i}", endpoint, OVERRIDES, liveness) for i in range(2)]
+    for p in [server, *workers]:
+        assert p.wait(60) == 0, p.report()
+    assert np.array_equal(final_params(slow), final_params(clean))
+    job.assert_all_ended()
+
+
 def test_resume_with_another_worker_count(job, tmp_path, single):
     run = tmp_path / "run"
     server, _ = job.run("part", 2, run, overrides=_with(OVERRIDES, "train.max_steps=17"))

@@ -33,6 +33,8 @@ connection past the handshake.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import ipaddress
 import math
@@ -42,7 +44,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import zmq
@@ -311,6 +313,7 @@ class ZMQServer(Communicator):
         self._auth = None
         self._keys: _ClientKeys | None = None
         self._throttle = _Throttle(lambda line: self.log(line))
+        self._held: collections.deque[_Msg] = collections.deque()  # workers' messages read during solo()
         self._step = 0
         self._numel = 0
         self._next_heartbeat = 0.0
@@ -580,8 +583,51 @@ class ZMQServer(Communicator):
                                f"(comm.timeout_s) during step {step + 1}")
         return min(self._next_heartbeat, min(p.last_seen for p in self.peers) + self.timeout_s)
 
+    @contextlib.contextmanager
+    def solo(self) -> Iterator[None]:
+        """Evaluation and checkpoints, alone between steps: meanwhile a thread services the
+        socket, so the workers hear heartbeats (a long evaluation is not a dead server),
+        strangers' messages are read and dropped as they come (nothing piles up in libzmq's
+        queues), and the workers' own messages are kept, in order, for the step that reads them."""
+        if self._sock is None or not self.peers or self._lost is not None:
+            yield
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._service, args=(stop,), name="distbp-server-solo", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _service(self, stop: threading.Event) -> None:
+        limit = 2 * RCVHWM * len(self.peers)  # a worker sends one gradient per step, and heartbeats
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= self._next_heartbeat:
+                    for peer in self.peers:
+                        self._send(peer.identity, "heartbeat", rank=0, step=self._step)
+                    self._next_heartbeat = now + self.heartbeat_s
+                if not self._sock.poll(50, zmq.POLLIN):
+                    continue
+                msg = self._read()
+                rank = self._rank_of(msg.identity)
+                if rank is None:
+                    self._stranger(msg)
+                    continue
+                self.peers[rank].last_seen = time.monotonic()  # alive; its message is checked when read
+                if len(self._held) >= limit:
+                    self._dropped("held-overflow", self._held.popleft().identity)
+                self._held.append(msg)
+        except PeerLost as e:
+            self._lost = str(e)  # the next step reports it
+
     def _recv(self, deadline: float) -> _Msg | None:
         """The next message, or None at ``deadline``; wakes every ``_wake_s`` meanwhile."""
+        if self._held:
+            return self._held.popleft()
         while True:
             self._note_denied()
             wait = min(max(deadline - time.monotonic(), 0.0), self._wake_s)
@@ -589,6 +635,9 @@ class ZMQServer(Communicator):
                 break
             if time.monotonic() >= deadline:
                 return None
+        return self._read()
+
+    def _read(self) -> _Msg:
         frames = self._sock.recv_multipart(copy=False)
         key = None
         if self._keys is not None:
