@@ -279,7 +279,7 @@ def test_dockerfile_is_multi_stage_non_root_without_compilers():
     assert re.search(r"\bAS\s+builder\b", builder[0], re.I)
     assert any("pip wheel" in i and ".[digits]" in i for i in builder)
     final_text = "\n".join(final)
-    assert "slim" in final[0]
+    assert final[0] == "FROM ${BASE_IMAGE}" and builder[0].startswith("FROM ${BASE_IMAGE} ")
     assert not re.search(r"build-essential|\bgcc\b|\bg\+\+|\bclang\b|apt-get install", final_text)
     assert re.search(r"pip install .*--no-index.*'distbp\[digits\]'", final_text)
     users = [i.split()[1] for i in final if i.upper().startswith("USER ")]
@@ -287,6 +287,14 @@ def test_dockerfile_is_multi_stage_non_root_without_compilers():
     assert entrypoint() == ["distbp-train"]
     # The run directory's mount point belongs to that user, so a fresh named volume does too.
     assert re.search(rf"chown {users[-1]}(:{users[-1]})? /runs", final_text)
+
+
+def test_dockerfile_builds_offline_from_a_base_image_you_name():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # A syntax directive makes BuildKit pull docker/dockerfile from Docker Hub before anything.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    before_from = text[:text.index("\nFROM ")]
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.12-slim$", before_from, re.M)
 
 
 def test_docker_build_context_has_what_the_dockerfile_copies():
