@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": info, "command": sys.argv, "args": vars(args), "ranks": {}}
     for n in args.ranks:  # the ranks parse the same command line
         res = common.launch(Path(__file__).resolve(), n, sys.argv[1:] if argv is None else argv,
-                            120 if args.quick else 900, args.retries)
-        report["ranks"][str(n)] = {**res, "oversubscribed": n > info["usable_cores"]}
+                            120 if args.quick else 900, args.retries, args.hostfile)
+        report["ranks"][str(n)] = {**res, "oversubscribed": n > info["usable_cores"] and not args.hostfile}
     info["mpi_library"] = next(iter(report["ranks"].values()))["mpi_library"]
     analyse(report)
     report["same_math"] = all(r["sum_ok"] for r in report["ranks"].values())

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ def parser(doc: str, worker: bool = False) -> argparse.ArgumentParser:
     if worker:
         ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         ap.add_argument("--out", help=argparse.SUPPRESS)
+        ap.add_argument("--hostfile", help="spread the ranks over the hosts of this file (mpiexec -f)")
     return ap
 
 
@@ -135,6 +137,7 @@ def rss_bytes() -> int:
 def mpiexec_path() -> Path:
     """The mpiexec next to the interpreter (the mpich wheel's)."""
     path = Path(sys.executable).parent / "mpiexec"
+    path = path if path.is_file() else Path(shutil.which("mpiexec") or path)  # a system Python's wheel: on PATH
     if not path.is_file():
         raise SystemExit(f"no mpiexec next to the interpreter ({path}); install the mpich wheel")
     return path
@@ -181,14 +184,14 @@ def least_disturbed(run: Callable[[], dict], retries: int) -> dict:
     return best
 
 
-def launch(script: Path, n: int, worker_args: list[str], timeout: float, retries: int) -> dict:
+def launch(script: Path, n: int, worker_args: list[str], timeout: float, retries: int, hosts: str | None = None) -> dict:
     """``script --worker --out FILE ...`` under ``mpiexec -n n`` through ``least_disturbed``: the figures
     rank 0 wrote to FILE, with the job's load. A failed job ends the benchmark."""
     def once() -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "worker.json"
-            cmd = [str(mpiexec_path()), "-n", str(n), sys.executable, str(script), "--worker", "--out", str(out),
-                   *worker_args]
+            cmd = [str(mpiexec_path()), *(["-f", hosts] if hosts else []), "-n", str(n), sys.executable, str(script),
+                   "--worker", "--out", str(out), *worker_args]
             try:
                 with CpuWatch() as watch:
                     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

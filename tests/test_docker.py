@@ -298,3 +298,76 @@ def _commands(path: Path, workers: int, sets: list[str], insecure: bool = True, 
             svc["volumes"] = list(volumes)
     path.write_text(json.dumps({"services": services}))  # JSON is YAML
     return path
+
+
+# -- MPI across hosts: three containers, one rank each, over TCP -----------------------------------
+HOSTS = REPO / "docker" / "test" / "mpi-hosts.yml"
+
+
+@pytest.fixture(scope="session")
+def mpi_image(image) -> str:
+    tag = f"distbp-test-mpi:{uuid.uuid4().hex[:8]}"
+    _run(_builder(), "build", "-q", "--build-arg", f"IMAGE={image['tag']}", "-f", "docker/test/Dockerfile.mpi",
+         "-t", tag, str(REPO / "docker" / "test"), timeout=900, env=dict(os.environ, DOCKER_BUILDKIT="1"))
+    yield tag
+    _run(DOCKER, "image", "rm", "-f", tag, check=False)
+
+
+@pytest.fixture
+def hosts(image, mpi_image):
+    c = Compose(image, 0)
+    c.files, c.env["DISTBP_MPI_IMAGE"] = ["-f", str(HOSTS)], mpi_image
+    c("up", "-d")
+    deadline = time.monotonic() + 30
+    while c("exec", "-T", "-u", "distbp", "host1", "ssh", "host3", "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "sshd did not answer in 30 s"
+        time.sleep(0.5)
+    yield c
+    c.down()
+
+
+def _mpirun_hosts(hosts: Compose, run_dir: str, *sets: str, popen: bool = False, log: Path | None = None):
+    script = ("cd /tmp && MPIRUN=mpiexec DISTBP_PYTHON=$(command -v python3) /launch/mpirun-hosts /etc/distbp-hosts 3 "
+              f"--run-dir {run_dir} --set comm.threads=1 " + " ".join(f"--set {s}" for s in sets))
+    cmd = [DOCKER, "compose", "-p", hosts.project, *hosts.files, "exec", "-T", "-u", "distbp", "host1", "sh", "-c",
+           script]
+    if popen:
+        return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=hosts.env)
+    return _run(*cmd, timeout=600, env=hosts.env)
+
+
+def test_mpi_over_three_hosts_matches_one_process(hosts, tmp_path):
+    res = _mpirun_hosts(hosts, "/runs/three")
+    ranks = re.search(r"ranks: 0=pid \d+@(\S+), 1=pid \d+@(\S+), 2=pid \d+@(\S+)", res.stdout)
+    assert ranks and sorted(ranks.groups()) == ["host1", "host2", "host3"], res.stdout[-2000:]  # one rank per host
+    hosts("exec", "-T", "-u", "distbp", "host1", "distbp-train", "--run-dir", "/runs/one", "--set", "comm.threads=1")
+    (cid,) = hosts.ids("host1")
+    for name in ("three", "one"):
+        _run(DOCKER, "cp", f"{cid}:/runs/{name}", str(tmp_path / name))
+    delta = float(np.max(np.abs(_final(tmp_path / "three") - _final(tmp_path / "one"))))
+    print(f"\nMPI, 3 ranks on 3 hosts over TCP against one process: max|Δ| {delta:.2e}")
+    assert delta <= 1e-5
+
+
+def test_killing_a_host_ends_the_job_naming_the_rank_and_the_host(hosts, tmp_path):
+    log = tmp_path / "job.log"
+    job = _mpirun_hosts(hosts, "/runs/lost", "train.epochs=100", "comm.timeout_s=3", popen=True, log=log)
+    try:
+        deadline = time.monotonic() + 120
+        while not re.search(r"^step 50/", log.read_text(), re.M):
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        ranks = dict((h, r) for r, h in re.findall(r"(\d+)=pid \d+@(host\d)", log.read_text()))
+        (victim,) = hosts.ids("host2")
+        t0 = time.monotonic()
+        _run(DOCKER, "kill", victim)
+        code = job.wait(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log.read_text()
+    print(f"\nhost2 killed: the job ended {seconds:.2f} s later with exit {code}")
+    assert code != 0 and seconds <= 10, text[-2000:]
+    assert re.search(rf"mpirun-hosts: lost host2 \(rank {ranks['host2']}, pid \d+\): ", text), text[-2000:]
+    assert "[mpiexec@" not in text  # the launcher's error stack is replaced by that line
