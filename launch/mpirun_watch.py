@@ -22,13 +22,16 @@ RANKS = re.compile(r"ranks: (.*)$")
 RANK = re.compile(r"(\d+)=pid (\d+)@([^,\s]+)")
 CLOSED = re.compile(r"Connection to (\S+) closed")
 LAUNCHER = re.compile(r"^\[(mpiexec|proxy:[^\]]*)@")  # hydra's own lines, each one frame of its stack
+ERROR = re.compile(r"error:|was killed by|silent for|: lost ")  # a line that says what went wrong
 
 
 class Watch:
-    def __init__(self) -> None:
+    def __init__(self, prog: str = "mpirun-hosts") -> None:
+        self.prog = prog
         self.hosts: dict[str, list[tuple[int, int]]] = {}  # host -> [(rank, pid)]
         self.lost: list[tuple[str, str]] = []  # (host, the line that said so)
         self.hidden: list[str] = []
+        self.last_error: str | None = None  # the last line of the ranks' output that says what went wrong
         self.lock = threading.Lock()
 
     def line(self, text: str, out) -> None:
@@ -43,6 +46,8 @@ class Watch:
             if (closed or LAUNCHER.match(text)) and not os.environ.get("DISTBP_DEBUG"):
                 self.hidden.append(text)
                 return
+        if ERROR.search(text):
+            self.last_error = text.strip()
         out.write(text)
         out.flush()
 
@@ -53,28 +58,44 @@ class Watch:
             host, said = self.lost[0]
             held = self.hosts.get(host) or self.hosts.get(host.split(".")[0], [])
             ranks = ", ".join(f"rank {r}, pid {p}" for r, p in held) or "its ranks"
-            return f"mpirun-hosts: lost {host} ({ranks}): {said.rstrip('.')}; mpiexec ended the job (exit {code})"
+            return f"{self.prog}: lost {host} ({ranks}): {said.rstrip('.')}; mpiexec ended the job (exit {code})"
         first = self.hidden[0].strip()
-        return (f"mpirun-hosts: mpiexec ended the job (exit {code}): {first} "
+        return (f"{self.prog}: mpiexec ended the job (exit {code}): {first} "
                 "(set DISTBP_DEBUG=1 for the launcher's whole message)")
 
 
-def main(argv: list[str]) -> int:
+def watched(argv: list[str], prog: str = "mpirun-hosts") -> tuple[int, str | None, int | None]:
+    """Run ``argv`` watched: (its exit code, what went wrong in one line or None, the signal
+    forwarded to it or None). The line is the one naming what was lost, which is also
+    printed, else the ranks' last error line."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: proc.send_signal(s))
-    watch = Watch()
+    got: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        got.append(sig)
+        proc.send_signal(sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    watch = Watch(prog)
     readers = [threading.Thread(target=lambda src=src, out=out: [watch.line(t, out) for t in src], daemon=True)
                for src, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
-    for r in readers:
-        r.start()
-    code = proc.wait()
-    for r in readers:
-        r.join()
+    try:
+        for r in readers:
+            r.start()
+        code = proc.wait()
+        for r in readers:
+            r.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     said = watch.summary(code)
     if said:
         print(said, file=sys.stderr, flush=True)
-    return code
+    return code, said or (watch.last_error if code != 0 else None), got[0] if got else None
+
+
+def main(argv: list[str]) -> int:
+    return watched(argv)[0]
 
 
 if __name__ == "__main__":

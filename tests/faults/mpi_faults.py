@@ -379,3 +379,53 @@ def stop_random_rank(tmp_dir: str | Path, seed: int) -> dict:
             "last_logged_step": last, "checkpoint_step": ckpt_step, "checkpoint_loads": loads, "checkpoint_error": why,
             "last_step_checkpointed": ckpt_step == last, "leftover_processes": leftovers,
             "stderr_tail": out.strip().splitlines()[-3:], "resumed": resumed, "bitwise_resume": bitwise}
+
+
+ELASTIC = Path(__file__).resolve().parents[2] / "launch" / "mpirun-elastic"
+
+
+def elastic_kill(tmp_dir: str | Path, seed: int) -> dict:
+    """launch/mpirun-elastic N --max-restarts 2, and kill -9 of a random rank after a random
+    step: the job must restart from its newest checkpoint and end at FINAL, bitwise as the
+    uninterrupted N-rank run. 'seconds to exit' is the whole job's, 'lost one named' the
+    restart line's naming of the killed rank."""
+    rng = random.Random(seed)
+    tmp_dir = Path(tmp_dir)
+    at_step, rank = rng.randint(6, 50), rng.randrange(N)
+    run_dir = tmp_dir / f"elastic-seed{seed}"
+    run_dir.mkdir(parents=True)
+    out = run_dir.parent / f"{run_dir.name}.out"
+    sets = [a for o in [*BASE, f"train.max_steps={FINAL}"] for a in ("--set", o)]
+    t0 = time.monotonic()
+    with open(out, "w") as o:
+        popen = subprocess.Popen([str(ELASTIC), str(N), "--max-restarts", "2", "--run-dir", str(run_dir), *sets],
+                                 stdout=o, stderr=subprocess.STDOUT, env=dict(_env(), DISTBP_PYTHON=sys.executable),
+                                 start_new_session=True)
+    try:
+        pids = rank_pids(run_dir, N)
+        deadline = time.monotonic() + 60
+        while last_step(run_dir) < at_step and popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reached = last_step(run_dir)
+        os.kill(pids[rank], signal.SIGKILL)
+        try:
+            code: int | None = popen.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        took = time.monotonic() - t0
+        leftovers = 0
+        if popen.poll() is None:
+            leftovers += 1
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(timeout=10)
+        leftovers += kill_leftovers(run_dir)
+    text = out.read_text(errors="replace")
+    ckpt_step, loads, why = newest_checkpoint(run_dir)
+    bitwise = code == 0 and ckpt_step == FINAL and bool(np.array_equal(final_params(run_dir), reference(tmp_dir, N)))
+    return {"fault": "kill -9 rank under mpirun-elastic", "seed": seed, "killed_rank": rank,
+            "killed_after_step": reached, "exit_code": code, "seconds_to_exit": took, "completed": code == 0,
+            "names_rank": bool(re.search(rf"mpirun-elastic: the job failed \(exit \d+\): .*rank {rank} ", text)),
+            "restarted": "mpirun-elastic: restart 1 of 2" in text, "checkpoint_step": ckpt_step,
+            "checkpoint_loads": loads, "checkpoint_error": why, "bitwise_resume": bitwise,
+            "leftover_processes": leftovers}

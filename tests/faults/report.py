@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from .config_faults import BOMB_LIMIT_S, yaml_bomb  # noqa: E402
-from .mpi_faults import EXIT_WITHIN_S, STOP_TIMEOUT_S, kill_random_rank, signal_job, stop_random_rank  # noqa: E402
+from .mpi_faults import (EXIT_WITHIN_S, STOP_TIMEOUT_S, elastic_kill, kill_random_rank, signal_job,  # noqa: E402
+                         stop_random_rank)
 from .rundir_faults import all_damaged, two_jobs  # noqa: E402
 from .zmq_faults import (TIMEOUT_S, Job, hostile_trial, kill_server, kill_server_launched, kill_worker,  # noqa: E402
                          nan_worker, rogue_worker, sigstop_server_launched, signal_server)
@@ -50,6 +51,7 @@ def main() -> None:
               ("MPI: kill -9 random rank's supervisor", lambda d, s: kill_random_rank(d, s, target="supervisor"),
                EXIT_WITHIN_S),
               ("MPI: SIGSTOP random rank", stop_random_rank, 2 * STOP_TIMEOUT_S),
+              ("MPI: kill -9 random rank under mpirun-elastic (completes)", elastic_kill, 120.0),
               ("ZMQ: kill -9 worker", kill_worker, zmq_limit),
               ("ZMQ: kill -9 server", kill_server, zmq_limit),
               ("ZMQ: SIGTERM to server", lambda d, s: signal_server(d, s, signal.SIGTERM), zmq_limit),
