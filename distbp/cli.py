@@ -105,7 +105,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         supervise_rank(world_rank())  # returns in the child, which trains
 
     def body() -> int:
-        from .train import Trainer, load_config
+        from .train import Trainer, load_config, run_rejoining
         from .train.config import ConfigError, check_memory, dump, run_dir_path
 
         if args.run_dir is not None:
@@ -117,8 +117,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         check_memory(cfg)  # a model or synthetic data set too big for this machine, before any is allocated
         if args.resume not in ("auto", "never") and not os.path.isfile(args.resume):
             raise ConfigError(f"--resume: no such checkpoint file: {args.resume}")
-        trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, stream=sys.stdout)
-        result = trainer.run()
+        trainer, result = run_rejoining(
+            lambda c: Trainer(c, run_dir=args.run_dir, resume=args.resume, stream=sys.stdout), cfg)
         if not trainer.comm.is_coordinator:
             return EXIT_OK
         acc = "" if result.val_accuracy is None else f", val_accuracy {result.val_accuracy:.4f}"

@@ -29,6 +29,13 @@ child killed. Each child runs in its own process group, which is killed on every
 launcher; on Linux the children also get SIGTERM if the launcher itself is killed
 (PR_SET_PDEATHSIG).
 
+``--restart K``: a server that dies (killed, crashed, hung and killed by the watch) is started
+again, up to K times, with ``--resume auto`` on the same run directory and endpoint: it resumes
+from its newest checkpoint and the workers, which keep trying to rejoin for
+``comm.reconnect_s`` (default 60 s), are admitted again; the job ends as if uninterrupted, the
+steps since that checkpoint computed again. Not restarted: a server that ended with 0, 2, 130
+or 143, or any after a signal to the launcher, or once every worker has exited.
+
 ``--print-commands`` prints, one line per process (the server first, then the workers), the
 environment variables the launcher sets and the exact command line, shell-quoted, and exits.
 """
@@ -47,9 +54,11 @@ import time
 from typing import IO, Sequence
 
 PROG = "zmq-local"
-USAGE = f"usage: {PROG} [--print-commands] [--grace SECONDS] N [distbp-train args...]"
+USAGE = f"usage: {PROG} [--print-commands] [--grace SECONDS] [--restart K] N [distbp-train args...]"
 OWN_KEYS = ("comm.backend", "comm.role", "comm.workers")  # the launcher's to set, not the user's
 WORKER_GRACE_S = 10.0  # after the server exits, how long workers get to exit by themselves
+# A server that ended so is not restarted (--restart): done, a bad config, stopped by a signal.
+NO_RESTART = (0, 2, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 KILL_WAIT_S = 5.0  # between SIGTERM and SIGKILL of a leftover process group
 SAMPLE_S = 0.5  # how often the server's vital signs are read
 DEFAULT_TIMEOUTS = (10.0, 60.0)  # comm.timeout_s, comm.join_timeout_s when the config cannot be read
@@ -247,7 +256,7 @@ def _stop(procs: list[subprocess.Popen], wait_s: float) -> None:
             return
 
 
-def run(n: int, args: Sequence[str], grace_s: float) -> int:
+def run(n: int, args: Sequence[str], grace_s: float, restart_max: int = 0) -> int:
     if importlib.util.find_spec("distbp") is None:
         print(f"{PROG}: error: distbp is not installed for {sys.executable}; run the README's set-up "
               "(python3 -m venv .venv && .venv/bin/pip install -e '.[digits]') or set DISTBP_PYTHON",
@@ -289,54 +298,23 @@ def run(n: int, args: Sequence[str], grace_s: float) -> int:
             t.start()
             readers.append(t)
 
-        forwarded, deadline = 0, None
-        reported: dict[int, float] = {}  # worker index: when it failed
-        watch = _Watch(server.pid)
-        all_gone: float | None = None  # when the last worker exited, if every one has and one failed
-        hung: str | None = None
-        while server.poll() is None:
-            if len(received) > forwarded:
-                if forwarded == 0:
-                    _signal_group(server, received[0])
-                    deadline = time.monotonic() + grace_s
-                    print(f"{PROG}: {signal.Signals(received[0]).name}: asked the server to checkpoint and stop "
-                          f"(a second signal kills the job)", file=sys.stderr, flush=True)
-                else:
-                    print(f"{PROG}: second signal: killing the job", file=sys.stderr, flush=True)
-                    for p in (server, *workers):
-                        _signal_group(p, signal.SIGKILL)
-                forwarded = len(received)
-            if deadline is not None and time.monotonic() > deadline:
-                print(f"{PROG}: the server did not stop within {grace_s:g} s: killing the job",
-                      file=sys.stderr, flush=True)
-                _stop([server, *workers], 0)
-            for i, w in enumerate(workers):
-                if w.poll() not in (None, 0) and i not in reported:
-                    reported[i] = time.monotonic()
-                if i in reported and reported[i] and time.monotonic() - reported[i] > 1.0:
-                    reported[i] = 0.0  # said once, if the server has not ended the job by then
-                    print(f"{PROG}: {_how_it_ended(f'worker {i}', w)}; the server will stop the job "
-                          "(comm.timeout_s, comm.join_timeout_s)", file=sys.stderr, flush=True)
-            # A server that stops answering must not hold the launcher forever.
-            if all_gone is None and reported and all(w.returncode is not None for w in workers):
-                all_gone = time.monotonic()
-            still = watch.still_for()
-            if still >= 2 * timeout_s:
-                hung = (f"the server (pid {server.pid}) has made no progress for {still:.0f} s (2 x comm.timeout_s; "
-                        f"{watch.how()})")
-            elif all_gone is not None and time.monotonic() - all_gone >= max(2 * timeout_s, join_timeout_s):
-                hung = (f"the server (pid {server.pid}) is still running {time.monotonic() - all_gone:.0f} s after "
-                        "every worker exited")
-            if hung is not None:
-                print(f"{PROG}: {hung}: killing it", file=sys.stderr, flush=True)
-                if watch.state in "Tt":
-                    _signal_group(server, signal.SIGKILL)  # a stopped process never handles SIGTERM
-                _stop([server], 0)
+        forwarded, restarts = 0, 0
+        while True:
+            code, hung = _watch_server(server, workers, received, timeout_s, join_timeout_s, grace_s, forwarded)
+            forwarded = len(received)
+            if code is not None and code < 0:
+                print(f"{PROG}: {_how_it_ended('server', server)}", file=sys.stderr, flush=True)
+            if restarts >= restart_max or received or code in NO_RESTART or \
+                    all(w.poll() is not None for w in workers):
                 break
-            time.sleep(0.05)
-        code = server.returncode
-        if code is not None and code < 0:
-            print(f"{PROG}: {_how_it_ended('server', server)}", file=sys.stderr, flush=True)
+            restarts += 1
+            print(f"{PROG}: restarting the server (restart {restarts} of {restart_max}); it resumes from its newest "
+                  "checkpoint and the workers rejoin (comm.reconnect_s)", file=sys.stderr, flush=True)
+            # No preexec_fn now that reader threads run (fork and threads do not mix): a restarted
+            # server has no PR_SET_PDEATHSIG, and the launcher's own exit still ends its group.
+            server = subprocess.Popen([*_without_resume(commands[0][1]), "--resume", "auto"],
+                                      env=dict(os.environ, **commands[0][0]), stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         # Workers exit by themselves once the server has sent the last parameters or a stop;
         # ones still waiting (say, for a server that never started) are ended.
         _stop(workers, WORKER_GRACE_S if code == 0 and hung is None else 2.0)
@@ -351,16 +329,88 @@ def run(n: int, args: Sequence[str], grace_s: float) -> int:
             signal.signal(s, h)
 
 
+def _watch_server(server: subprocess.Popen, workers: list[subprocess.Popen], received: list[int], timeout_s: float,
+                  join_timeout_s: float, grace_s: float, forwarded: int) -> tuple[int | None, str | None]:
+    """Until the server ends (or is killed as hung): its exit code and why it was killed, if it was."""
+    deadline = None
+    reported: dict[int, float] = {}  # worker index: when it failed
+    watch = _Watch(server.pid)
+    all_gone: float | None = None  # when the last worker exited, if every one has and one failed
+    hung: str | None = None
+    while server.poll() is None:
+        if len(received) > forwarded:
+            if forwarded == 0:
+                _signal_group(server, received[0])
+                deadline = time.monotonic() + grace_s
+                print(f"{PROG}: {signal.Signals(received[0]).name}: asked the server to checkpoint and stop "
+                      f"(a second signal kills the job)", file=sys.stderr, flush=True)
+            else:
+                print(f"{PROG}: second signal: killing the job", file=sys.stderr, flush=True)
+                for p in (server, *workers):
+                    _signal_group(p, signal.SIGKILL)
+            forwarded = len(received)
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"{PROG}: the server did not stop within {grace_s:g} s: killing the job",
+                  file=sys.stderr, flush=True)
+            _stop([server, *workers], 0)
+        for i, w in enumerate(workers):
+            if w.poll() not in (None, 0) and i not in reported:
+                reported[i] = time.monotonic()
+            if i in reported and reported[i] and time.monotonic() - reported[i] > 1.0:
+                reported[i] = 0.0  # said once, if the server has not ended the job by then
+                print(f"{PROG}: {_how_it_ended(f'worker {i}', w)}; the server will stop the job "
+                      "(comm.timeout_s, comm.join_timeout_s)", file=sys.stderr, flush=True)
+        # A server that stops answering must not hold the launcher forever.
+        if all_gone is None and reported and all(w.returncode is not None for w in workers):
+            all_gone = time.monotonic()
+        still = watch.still_for()
+        if still >= 2 * timeout_s:
+            hung = (f"the server (pid {server.pid}) has made no progress for {still:.0f} s (2 x comm.timeout_s; "
+                    f"{watch.how()})")
+        elif all_gone is not None and time.monotonic() - all_gone >= max(2 * timeout_s, join_timeout_s):
+            hung = (f"the server (pid {server.pid}) is still running {time.monotonic() - all_gone:.0f} s after "
+                    "every worker exited")
+        if hung is not None:
+            print(f"{PROG}: {hung}: killing it", file=sys.stderr, flush=True)
+            if watch.state in "Tt":
+                _signal_group(server, signal.SIGKILL)  # a stopped process never handles SIGTERM
+            _stop([server], 0)
+            break
+        time.sleep(0.05)
+    return server.returncode, hung
+
+
+def _without_resume(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            out.append(a)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     print_commands = "--print-commands" in argv
     argv = [a for a in argv if a != "--print-commands"]
-    grace_s = 60.0
+    grace_s, restart_max = 60.0, 0
     while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
         if opt in ("-h", "--help"):
             print(USAGE + "\n\n" + __doc__.strip())
             return 0
+        if opt == "--restart" and argv:
+            opt = "--restart=" + argv.pop(0)
+        if opt.startswith("--restart="):
+            value = opt.split("=", 1)[1]
+            if not value.isdigit():
+                print(f"{USAGE}\n{PROG}: error: --restart: expected a number of restarts (0 or more)", file=sys.stderr)
+                return 2
+            restart_max = int(value)
+            continue
         if opt == "--grace" and argv:
             opt = "--grace=" + argv.pop(0)
         if opt.startswith("--grace="):
@@ -385,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for env, cmd in plan(n, args):
                 print(command_line(env, cmd))
             return 0
-        return run(n, args, grace_s)
+        return run(n, args, grace_s, restart_max)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

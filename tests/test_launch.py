@@ -193,7 +193,8 @@ def test_print_commands_keeps_the_users_endpoint_and_local_procs():
 
 
 @pytest.mark.parametrize("args", [[], ["0"], ["two"], ["2", "--set", "comm.role=server"],
-                                  ["2", "--set=comm.workers=3"], ["--bogus", "2"], ["--grace", "x", "2"]])
+                                  ["2", "--set=comm.workers=3"], ["--bogus", "2"], ["--grace", "x", "2"],
+                                  ["--restart", "x", "2"], ["--restart=-1", "2"]])
 def test_bad_launcher_arguments_exit_2(args):
     res = subprocess.run([*ZMQ_LOCAL, *args], capture_output=True, text=True, timeout=30, env=clean_env())
     assert res.returncode == 2

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_resume_with_another_worker_count(job, tmp_path, single):
 TIMEOUT_S = 3.0
 # Every step logged: metrics.jsonl's last line is the last finished step.
 LONG = _with(OVERRIDES, "train.max_steps=1000000", "train.epochs=1000000", "train.log_every=1")
-LIVENESS = ("comm.heartbeat_s=0.5", f"comm.timeout_s={TIMEOUT_S:g}", "comm.join_timeout_s=20")
+LIVENESS = ("comm.heartbeat_s=0.5", f"comm.timeout_s={TIMEOUT_S:g}", "comm.join_timeout_s=20", "comm.reconnect_s=0")
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
@@ -197,6 +198,44 @@ def test_a_killed_server_ends_every_worker(job, tmp_path):
         assert f"the server at {endpoint} sent nothing for {TIMEOUT_S:g} s" in w.stderr, w.report()
         assert "Traceback" not in w.stderr
     assert server.wait(1) == -signal.SIGKILL
+    job.assert_all_ended()
+
+
+def test_a_restarted_server_takes_its_workers_back_and_the_job_ends_as_if_uninterrupted(job, tmp_path):
+    # OVERRIDES: 40 steps, a checkpoint every 10. The server is killed after step 25 and started
+    # again on its run directory: it resumes from step 20 (or later); the workers, which kept
+    # trying to rejoin (comm.reconnect_s), are admitted again and the steps since are redone.
+    clean, run = tmp_path / "clean", tmp_path / "run"
+    job.run("clean", 2, clean)
+    endpoint = free_endpoint()
+    rejoin = ("comm.heartbeat_s=0.5", f"comm.timeout_s={TIMEOUT_S:g}", "comm.join_timeout_s=20", "comm.reconnect_s=30")
+    slow = _with(OVERRIDES, "train.log_every=1")  # every step in metrics.jsonl: the kill comes after step 25
+    server = job.server("server", endpoint, 2, run, slow, rejoin)
+    workers = [job.worker(f"worker{i}", endpoint, slow, rejoin) for i in range(2)]
+    wait_for_step(run, 25, [server, *workers])
+    os.kill(server.pid, signal.SIGKILL)
+    assert server.wait(10) == -signal.SIGKILL
+    again = job.server("server-again", endpoint, 2, run, slow, rejoin)
+    assert again.wait(60) == 0, again.report()
+    for w in workers:
+        assert w.wait(30) == 0, w.report()
+        assert "trying to rejoin for" in w.stderr and "(comm.reconnect_s)" in w.stderr, w.report()
+    assert re.search(r"resumed from \S+step-000000[2-4]0\.npz", again.stdout), again.stdout[-2000:]
+    assert np.array_equal(final_params(run), final_params(clean))
+    job.assert_all_ended()
+
+
+def test_a_worker_gives_up_rejoining_after_reconnect_s(job, tmp_path):
+    run, endpoint = tmp_path / "run", free_endpoint()
+    rejoin = ("comm.heartbeat_s=0.5", "comm.timeout_s=2", "comm.join_timeout_s=20", "comm.reconnect_s=3")
+    server = job.server("server", endpoint, 1, run, LONG, rejoin)
+    worker = job.worker("worker", endpoint, LONG, rejoin)
+    wait_for_step(run, 10, [server, worker])
+    os.kill(server.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert worker.wait(2 + 3 + 10) == 1, worker.report()
+    assert time.monotonic() - killed <= 2 + 3 + 8  # timeout_s, then reconnect_s, and the last try's slack
+    assert "no server took this worker back within 3 s (comm.reconnect_s)" in worker.stderr, worker.report()
     job.assert_all_ended()
 
 
@@ -276,3 +315,36 @@ def test_curve_lets_the_key_holders_in_and_nobody_else(job, tmp_path, single):
 def test_hostile_messages_are_dropped_and_change_nothing(job, tmp_path):
     f = hostile_trial(job, tmp_path)
     assert f["messages_tried"] >= 2000 and f["accepted_hostile"] == 0, f
+
+
+def test_zmq_local_restart_brings_a_killed_server_back(tmp_path):
+    # launch/zmq-local 2 --restart 1: the server is killed after step 25 (its pid from RUN/.lock);
+    # the launcher starts it again, it resumes from its newest checkpoint, the workers rejoin,
+    # and the job ends as the uninterrupted one, bitwise.
+    from test_launch import ZMQ_LOCAL, clean_env
+
+    sets = [a for o in _with(OVERRIDES, "train.log_every=1", "comm.threads=1", "comm.reconnect_s=30",
+                             f"comm.timeout_s={TIMEOUT_S:g}", "comm.heartbeat_s=0.5") for a in ("--set", o)]
+    clean, run = tmp_path / "clean", tmp_path / "run"
+    done = subprocess.run([*ZMQ_LOCAL, "2", "--run-dir", str(clean), *sets], capture_output=True, text=True,
+                          timeout=120, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = tmp_path / "launcher.log"
+    with log.open("w") as out:
+        job = subprocess.Popen([*ZMQ_LOCAL, "--restart", "1", "2", "--run-dir", str(run), *sets], stdout=out,
+                               stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").exists() or '"step": 25,' not in (run / "metrics.jsonl").read_text():
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(json.loads((run / ".lock").read_text())["pid"], signal.SIGKILL)
+        code = job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "zmq-local: server (pid" in text and "was killed by SIGKILL" in text, text[-3000:]
+    assert "zmq-local: restarting the server (restart 1 of 1)" in text, text[-3000:]
+    assert np.array_equal(final_params(run), final_params(clean))

@@ -713,6 +713,11 @@ class ZMQWorker(Communicator):
         self._closed = False
 
     @property
+    def admitted(self) -> bool:
+        """Whether the server has given this worker a rank (its hello was accepted)."""
+        return self._admitted
+
+    @property
     def is_coordinator(self) -> bool:
         return False
 

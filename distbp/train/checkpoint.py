@@ -534,7 +534,9 @@ def lock_run_dir(run_dir: str | Path) -> tuple[RunDirLock, list[str]]:
                 if h["host"] != me["host"]:
                     raise RunDirLocked(f"{run_dir} is locked by {_who(h)}, another host, where distbp cannot "
                                        f"tell whether that job still runs; {remove}")
-                if _alive(h["pid"]):
+                # (a pid of our own: a restarted container reuses its pids; we hold the flock, so
+                # the holder is gone)
+                if h["pid"] != os.getpid() and _alive(h["pid"]):
                     raise RunDirLocked(f"{run_dir} is in use by another job ({_who(h)}), which holds {path}; two "
                                        "jobs in one run directory would overwrite each other's checkpoints and "
                                        "metrics: wait for it to end, or use another --run-dir (if pid "

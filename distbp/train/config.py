@@ -201,6 +201,8 @@ SCHEMA: dict[str, Any] = {
         "curve": Field("str", None, nullable=True),
         # The server may listen beyond loopback without CURVE only when this says so.
         "insecure": Field("bool", False),
+        # A worker whose server goes away tries to rejoin (a restarted server) this long; 0: it exits.
+        "reconnect_s": Field("float", 60.0, min=0.0),
         "check_every": Field("int", 100, min=1),
         "overlap": Field("bool", False),
         "bucket_mb": Field("float", 1.0, min=0.0, min_open=True),
@@ -423,7 +425,8 @@ _HAND_APPLIES: tuple[Applies, ...] = (
             "classification data read by distbp (CoNLL is split by sentence)"),
     Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
     Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.heartbeat_s",
-             "comm.join_timeout_s", "comm.curve", "comm.insecure"), _is("comm.backend", "zmq"), _named("comm.backend"),
+             "comm.join_timeout_s", "comm.curve", "comm.insecure", "comm.reconnect_s"), _is("comm.backend", "zmq"),
+            _named("comm.backend"),
             "comm.backend: zmq"),
     Applies(("comm.overlap", "comm.bucket_mb"), _is("comm.backend", "auto", "mpi"), _named("comm.backend"),
             "comm.backend: mpi (or auto under mpirun)"),

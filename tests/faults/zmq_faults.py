@@ -361,7 +361,7 @@ def hostile_trial(job: "Job", tmp_path: Path) -> dict:
 # ---- dead workers, a dead server, signals ---------------------------------------------------------
 
 TIMEOUT_S = 3.0
-LIVENESS = ("comm.heartbeat_s=0.5", f"comm.timeout_s={TIMEOUT_S:g}", "comm.join_timeout_s=20")
+LIVENESS = ("comm.heartbeat_s=0.5", f"comm.timeout_s={TIMEOUT_S:g}", "comm.join_timeout_s=20", "comm.reconnect_s=0")
 
 
 def _wait(proc: Proc, timeout: float) -> int | None:
