@@ -234,15 +234,25 @@ def test_compose_with_3_workers_trains_the_default_config_as_zmq_local_3(compose
     assert "3 worker(s)" in c.logs()
 
 
-def test_compose_stop_checkpoints_and_up_resumes_bitwise(compose, tmp_path):
-    # 100 epochs (1,300 steps, about 20 s here) so that the stop surely comes mid-run.
-    longer = _commands(tmp_path / "longer.yml", 2, ["train.epochs=100"])
-    whole = compose(2, (longer,))
-    whole.up()
-    assert whole.wait() == 0, whole.logs()[-3000:]
-    reference = _final(whole.copy_run(tmp_path / "whole"), 1300)
+@pytest.fixture(scope="session")
+def longer(image, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """The default config for 100 epochs (1,300 steps, about 20 s here, so that a fault surely
+    comes mid-run) with 2 workers: its compose override and its final parameters."""
+    tmp = tmp_path_factory.mktemp("longer")
+    override = _commands(tmp / "longer.yml", 2, ["train.epochs=100"])
+    whole = Compose(image, 2, (override,))
+    try:
+        whole.up()
+        assert whole.wait() == 0, whole.logs()[-3000:]
+        final = _final(whole.copy_run(tmp / "whole"), 1300)
+    finally:
+        whole.down()
+    return override, final
 
-    c = compose(2, (longer,))
+
+def test_compose_stop_checkpoints_and_up_resumes_bitwise(compose, tmp_path, longer):
+    override, reference = longer
+    c = compose(2, (override,))
     c.up()
     c.wait_for_step(100)
     c("stop", timeout=120)  # SIGTERM: the coordinator finishes its step, checkpoints, stops the workers
@@ -253,6 +263,22 @@ def test_compose_stop_checkpoints_and_up_resumes_bitwise(compose, tmp_path):
     assert c.wait() == 0, c.logs()[-3000:]
     assert f"resumed from /runs/digits-mlp/checkpoints/step-{int(stopped.group(1)):08d}.npz" in c.logs()
     assert np.array_equal(_final(c.copy_run(tmp_path / "resumed"), 1300), reference)
+
+
+def test_a_killed_coordinator_brought_back_by_up_takes_its_workers_back(compose, tmp_path, longer):
+    override, reference = longer
+    c = compose(2, (override,))
+    c.up()
+    c.wait_for_step(100)
+    (coordinator,) = c.ids("coordinator")
+    _run(DOCKER, "kill", coordinator)
+    c.up()  # starts the coordinator again; the workers, still trying to rejoin (comm.reconnect_s), are admitted
+    assert c.wait() == 0, c.logs()[-3000:]
+    assert "resumed from /runs/digits-mlp/checkpoints/step-" in c.logs()
+    for cid in c.ids("worker"):
+        assert int(_run(DOCKER, "wait", cid).stdout) == 0
+    assert "trying to rejoin for" in c.logs("worker")
+    assert np.array_equal(_final(c.copy_run(tmp_path / "run"), 1300), reference)
 
 
 def test_docker_kill_of_a_worker_stops_the_job_naming_it_with_a_checkpoint(compose, tmp_path):
