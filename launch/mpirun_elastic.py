@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpirun_watch import watched  # noqa: E402
+from zmq_local import without_resume  # noqa: E402
 
 NO_RESTART = {0: "done", 2: "a bad config or command line", 130: "stopped by SIGINT", 143: "stopped by SIGTERM"}
 
@@ -62,18 +63,6 @@ def launcher() -> tuple[list[str], str]:
     return cmd, "--hostfile" if re.search(r"Open MPI|OpenRTE|PRRTE", version) else "-f"
 
 
-def _without_resume(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == "--resume":
-            skip = True
-        elif not a.startswith("--resume="):
-            out.append(a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mpirun-elastic", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if restarts:
             print(f"mpirun-elastic: restart {restarts} of {args.max_restarts}: {n} rank(s), from the newest checkpoint",
                   file=sys.stderr, flush=True)
-        run = train if restarts == 0 else [*_without_resume(train), "--resume", "auto"]
+        run = train if restarts == 0 else [*without_resume(train), "--resume", "auto"]
         cmd = [*mpirun, *hosts, "-n", str(n), *extra, sys.executable, "-m", "distbp.cli", *run,
                "--set", "comm.backend=mpi"]
         code, said, signalled = watched(cmd, "mpirun-elastic")

@@ -312,7 +312,7 @@ def run(n: int, args: Sequence[str], grace_s: float, restart_max: int = 0) -> in
                   "checkpoint and the workers rejoin (comm.reconnect_s)", file=sys.stderr, flush=True)
             # No preexec_fn now that reader threads run (fork and threads do not mix): a restarted
             # server has no PR_SET_PDEATHSIG, and the launcher's own exit still ends its group.
-            server = subprocess.Popen([*_without_resume(commands[0][1]), "--resume", "auto"],
+            server = subprocess.Popen([*without_resume(commands[0][1]), "--resume", "auto"],
                                       env=dict(os.environ, **commands[0][0]), stdin=subprocess.DEVNULL,
                                       start_new_session=True)
         # Workers exit by themselves once the server has sent the last parameters or a stop;
@@ -380,7 +380,8 @@ def _watch_server(server: subprocess.Popen, workers: list[subprocess.Popen], rec
     return server.returncode, hung
 
 
-def _without_resume(argv: Sequence[str]) -> list[str]:
+def without_resume(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--resume X`` (a restart adds ``--resume auto``)."""
     out, skip = [], False
     for a in argv:
         if skip:
