@@ -272,6 +272,8 @@ def test_a_killed_coordinator_brought_back_by_up_takes_its_workers_back(compose,
     c.wait_for_step(100)
     (coordinator,) = c.ids("coordinator")
     _run(DOCKER, "kill", coordinator)
+    # docker kill returns before the container has stopped; up on a running one would do nothing
+    assert int(_run(DOCKER, "wait", coordinator).stdout) == 137
     c.up()  # starts the coordinator again; the workers, still trying to rejoin (comm.reconnect_s), are admitted
     assert c.wait() == 0, c.logs()[-3000:]
     assert "resumed from /runs/digits-mlp/checkpoints/step-" in c.logs()

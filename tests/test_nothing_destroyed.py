@@ -383,3 +383,24 @@ def test_fault_trial_two_jobs(tmp_path):
     f = two_jobs(tmp_path, 0)
     assert f["exit_code"] == 1 and f["first_exit_code"] == 0 and f["names_lost"], f
     assert f["metrics_not_interleaved"] and f["bitwise_resume"] and f["leftover_processes"] == 0, f
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    # A restarted container reuses pids: the lock's pid runs, but it is not the process that
+    # took the lock (its start time differs), so the lock is stale.
+    from distbp.train.checkpoint import _started
+
+    run = tmp_path / "run"
+    run.mkdir()
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2024-01-01T00:00:00+0000",
+          "started": _started(os.getpid()) - 1}
+    (run / LOCK).write_text(json.dumps(me) + "\n")
+    res = subprocess.run([sys.executable, "-m", "distbp.cli", "--run-dir", str(run), *_sets(SMALL)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert f"took over the stale lock {run / LOCK} of pid {os.getpid()}" in res.stdout + res.stderr
+    me["started"] += 1  # the very process that took it: still held
+    (run / LOCK).write_text(json.dumps(me) + "\n")
+    res = subprocess.run([sys.executable, "-m", "distbp.cli", "--run-dir", str(run), *_sets(SMALL)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 1 and "is in use by another job" in res.stderr, res.stderr

@@ -435,6 +435,24 @@ def _flock(fd: int, block: bool) -> bool | None:
         return None  # ENOLCK, EOPNOTSUPP, ...: the content alone decides
 
 
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat): with its pid, it
+    tells a process from a later one that reuses the pid (a restarted container does)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _holds(h: dict[str, Any]) -> bool:
+    """Whether the lock's holder still runs: its pid is alive and, where the lock says when it
+    started, it is that same process (and not us: we hold the flock, so the holder is gone)."""
+    if h["pid"] == os.getpid() or not _alive(h["pid"]):
+        return False
+    return not isinstance(h.get("started"), int) or _started(h["pid"]) in (None, h["started"])
+
+
 def _holder(fd: int) -> dict[str, Any] | None:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -491,7 +509,8 @@ def lock_run_dir(run_dir: str | Path) -> tuple[RunDirLock, list[str]]:
     another job holds it or its holder cannot be told dead."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+          "started": _started(os.getpid())}
     remove = f"if no job is using {run_dir}, remove {path} and run again"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -534,9 +553,7 @@ def lock_run_dir(run_dir: str | Path) -> tuple[RunDirLock, list[str]]:
                 if h["host"] != me["host"]:
                     raise RunDirLocked(f"{run_dir} is locked by {_who(h)}, another host, where distbp cannot "
                                        f"tell whether that job still runs; {remove}")
-                # (a pid of our own: a restarted container reuses its pids; we hold the flock, so
-                # the holder is gone)
-                if h["pid"] != os.getpid() and _alive(h["pid"]):
+                if _holds(h):
                     raise RunDirLocked(f"{run_dir} is in use by another job ({_who(h)}), which holds {path}; two "
                                        "jobs in one run directory would overwrite each other's checkpoints and "
                                        "metrics: wait for it to end, or use another --run-dir (if pid "
