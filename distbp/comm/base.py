@@ -6,11 +6,26 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import zlib
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 from ..errors import DistbpError
+
+
+@contextlib.contextmanager
+def alongside(work: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+    """Run ``work(stop)`` in a daemon thread for the duration of the block; on the way out
+    ``stop`` is set and the thread joined (the communicators' ``solo``)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class MismatchError(DistbpError, RuntimeError):

@@ -54,7 +54,7 @@ import numpy as np
 
 from ..process.launcher import LaunchError, check_launcher, launched_by_mpi, local_world, world_rank  # noqa: F401
 from ..process.threads import cpu_count
-from .base import Communicator, PeerLost
+from .base import Communicator, PeerLost, alongside
 from .buckets import BucketedAllreduce, first_non_finite
 
 ABORT_GRACE_S = 0.2
@@ -239,14 +239,8 @@ class MPICommunicator(Communicator):
         if self._ctl is None or not self._armed or not self._threads:
             yield
             return
-        stop = threading.Event()
-        thread = threading.Thread(target=self._keepalive, args=(stop,), name="distbp-keepalive", daemon=True)
-        thread.start()
-        try:
+        with alongside(self._keepalive, "distbp-keepalive"):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
     def close(self) -> None:
         if self._ctl is not None and self._recv is not None:

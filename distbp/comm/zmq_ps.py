@@ -52,7 +52,7 @@ import zmq
 from .._version import __version__
 from ..errors import EXIT_USAGE, DistbpError
 from . import wire
-from .base import Communicator, MismatchError, PeerLost, ServerStopped
+from .base import Communicator, MismatchError, PeerLost, ServerStopped, alongside
 
 HB_SUFFIX = b"/hb"
 RCVHWM = 16  # messages libzmq queues per connection before it stops reading it
@@ -571,12 +571,15 @@ class ZMQServer(Communicator):
                 return r
         return None
 
-    def _deadline(self, step: int) -> float:
-        now = time.monotonic()
+    def _heartbeat_if_due(self, now: float, step: int) -> None:
         if now >= self._next_heartbeat:
             for peer in self.peers:
                 self._send(peer.identity, "heartbeat", rank=0, step=step)
             self._next_heartbeat = now + self.heartbeat_s
+
+    def _deadline(self, step: int) -> float:
+        now = time.monotonic()
+        self._heartbeat_if_due(now, step)
         for r, peer in enumerate(self.peers):
             if now - peer.last_seen > self.timeout_s:
                 raise PeerLost(f"worker {r} ({peer.name}) silent for {self.timeout_s:g} s "
@@ -592,24 +595,14 @@ class ZMQServer(Communicator):
         if self._sock is None or not self.peers or self._lost is not None:
             yield
             return
-        stop = threading.Event()
-        thread = threading.Thread(target=self._service, args=(stop,), name="distbp-server-solo", daemon=True)
-        thread.start()
-        try:
+        with alongside(self._service, "distbp-server-solo"):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
     def _service(self, stop: threading.Event) -> None:
         limit = 2 * RCVHWM * len(self.peers)  # a worker sends one gradient per step, and heartbeats
         try:
             while not stop.is_set():
-                now = time.monotonic()
-                if now >= self._next_heartbeat:
-                    for peer in self.peers:
-                        self._send(peer.identity, "heartbeat", rank=0, step=self._step)
-                    self._next_heartbeat = now + self.heartbeat_s
+                self._heartbeat_if_due(time.monotonic(), self._step)
                 if not self._sock.poll(50, zmq.POLLIN):
                     continue
                 msg = self._read()

@@ -414,12 +414,18 @@ def _alive(pid: int) -> bool:
         return True  # it exists, under another user
     except (OverflowError, ValueError):
         return False
-    try:  # a zombie (dead, not yet reaped: init can take a second) holds nothing
+    # a zombie (dead, not yet reaped: init can take a second) holds nothing
+    fields = _stat(pid)
+    return fields is None or fields[0] != b"Z"
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command name (state first), or None."""
+    try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            return f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return True
-    return True
+        return None
 
 
 def _flock(fd: int, block: bool) -> bool | None:
@@ -438,10 +444,10 @@ def _flock(fd: int, block: bool) -> bool | None:
 def _started(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, /proc/PID/stat): with its pid, it
     tells a process from a later one that reuses the pid (a restarted container does)."""
+    fields = _stat(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19]) if fields is not None else None
+    except (IndexError, ValueError):
         return None
 
 
