@@ -299,7 +299,7 @@ def test_layers_and_losses_against_torch_when_installed():
     e = tnn.Flatten(0, 1)(torch.zeros(2, 3, 4))
     assert nn.Flatten(0, 1)(db.tensor(np.zeros((2, 3, 4)))).shape == tuple(e.shape)
 
-    tt, tw = torch.tensor(T), torch.tensor(W)
+    tw = torch.tensor(W)
     pairs = [
         (nn.CrossEntropyLoss(W, label_smoothing=0.2), tnn.CrossEntropyLoss(tw, label_smoothing=0.2), S, T),
         (nn.NLLLoss(W), tnn.NLLLoss(tw), S, T),

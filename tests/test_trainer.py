@@ -37,7 +37,7 @@ BASE = ["data.name=synthetic", "data.samples=300", "data.features=8", "data.clas
         "train.log_every=4", "train.eval_every=6", "checkpoint.every=5", "checkpoint.keep=3",
         "optimizer.lr=0.01"]
 STEPS_PER_EPOCH = 12
-LOG_KEYS = {"step", "epoch", "loss", "lr", "samples_per_s"}
+LOG_KEYS = {"step", "epoch", "loss", "lr", "samples_per_s", "world_size"}
 EVAL_KEYS = {"step", "val_loss", "val_accuracy"}
 
 
@@ -92,6 +92,7 @@ def test_metrics_jsonl_exactly_as_design_says(tmp_path):
     assert [r["step"] for r in logs] == [4, 8, 12, 16, 20, 24, 26]
     assert [r["step"] for r in evals] == [6, 12, 18, 24, 26]
     assert [r["epoch"] for r in logs] == [0, 0, 0, 1, 1, 1, 2]  # the epoch of the step just done
+    assert all(r["world_size"] == 1 for r in logs)
     for r in logs:
         assert isinstance(r["step"], int) and isinstance(r["epoch"], int)
         assert np.isfinite(r["loss"]) and r["loss"] > 0

@@ -28,11 +28,13 @@ SAMPLES: dict[str, dict] = {
     "hello": {"version": "0.1.0", "config_hash": "9f3a0c1d", "numel": 18_570, "host": "node-1", "pid": 4242},
     "welcome": {"rank": 2, "world": 4, "step": 100},
     "refuse": {"reason": "config_hash differs: server 9f3a0c1d, worker 77b1e2aa"},
-    "start": {"step": 0},
-    "grad": {"step": 7, "rank": 1, "loss": 0.6931471805599453},
-    "params": {"step": 7},
+    "start": {"step": 0, "rank": 1, "world": 3, "gen": 0},
+    "grad": {"step": 7, "rank": 1, "gen": 2, "loss": 0.6931471805599453},
+    "params": {"step": 7, "rank": 0, "world": 2, "gen": 2},
+    "recut": {"step": 7, "rank": 1, "world": 2, "gen": 3},
     "heartbeat": {"rank": 3, "step": 9},
     "stop": {"reason": "worker 2 silent for 10.0 s", "code": 1},
+    "drop": {"reason": "worker 2 silent for 10.0 s (comm.timeout_s) during step 8"},
     "bye": {"rank": 0},
 }
 
@@ -73,7 +75,7 @@ def test_every_type_round_trips_through_encode_and_decode(kind):
 
 def test_decoded_payload_is_a_view_of_the_received_frame():
     array = ARRAYS["params"]
-    head, body = encode("params", array, step=3)
+    head, body = encode("params", array, step=3, rank=0, world=1, gen=0)
     received = bytes(body)  # what a bytes-mode recv_multipart would hand over
     _, payload = decode([head, received])
     assert payload.obj is received
@@ -92,33 +94,34 @@ def test_header_up_to_exactly_the_limit_is_accepted():
 
 
 def test_int_is_accepted_as_float_and_returned_as_float():
-    header, _ = decode([b'{"type":"grad","step":1,"rank":0,"loss":2,"dtype":"float32","shape":[1],"nbytes":4}',
+    header, _ = decode([b'{"type":"grad","step":1,"rank":0,"gen":0,"loss":2,"dtype":"float32","shape":[1],"nbytes":4}',
                         np.float32(1.5).tobytes()])
     assert header["loss"] == 2.0 and type(header["loss"]) is float
 
 
 def test_a_non_finite_loss_reaches_the_server():
     # A diverging worker's step must arrive so that the server can stop the job naming it.
-    header, _ = decode(encode("grad", np.zeros(2, np.float32), step=4, rank=1, loss=float("nan")))
+    header, _ = decode(encode("grad", np.zeros(2, np.float32), step=4, rank=1, gen=0, loss=float("nan")))
     assert math.isnan(header["loss"])
-    header, _ = decode(encode("grad", np.zeros(2, np.float32), step=4, rank=1, loss=float("inf")))
+    header, _ = decode(encode("grad", np.zeros(2, np.float32), step=4, rank=1, gen=0, loss=float("inf")))
     assert header["loss"] == math.inf
 
 
 def test_numpy_scalar_fields_and_zero_size_arrays_encode():
-    frames = encode("params", np.zeros((0, 3), np.float32), step=np.int64(12))
+    frames = encode("params", np.zeros((0, 3), np.float32), step=np.int64(12), rank=0, world=1, gen=0)
     header, payload = decode(frames)
-    assert header == {"type": "params", "step": 12, "dtype": "float32", "shape": [0, 3], "nbytes": 0}
+    assert header == {"type": "params", "step": 12, "rank": 0, "world": 1, "gen": 0, "dtype": "float32",
+                      "shape": [0, 3], "nbytes": 0}
     assert type(header["step"]) is int and payload.nbytes == 0
-    header, payload = decode(encode("params", np.array(2.5, np.float32), step=1))  # 0-d
+    header, payload = decode(encode("params", np.array(2.5, np.float32), step=1, rank=0, world=1, gen=0))  # 0-d
     assert header["shape"] == [] and np.frombuffer(payload, np.float32)[0] == np.float32(2.5)
 
 
 def test_other_dtypes_only_when_both_sides_allow_them():
     array = np.arange(6, dtype=np.float64)
     with pytest.raises(WireError, match="dtype 'float64' not allowed"):
-        encode("params", array, step=0)
-    frames = encode("params", array, step=0, dtypes=("float32", "float64"))
+        encode("params", array, step=0, rank=0, world=1, gen=0)
+    frames = encode("params", array, step=0, rank=0, world=1, gen=0, dtypes=("float32", "float64"))
     with pytest.raises(WireError) as err:
         decode(frames)
     assert err.value.reason == "dtype"
@@ -130,14 +133,14 @@ def test_other_dtypes_only_when_both_sides_allow_them():
 
 
 @pytest.mark.parametrize("call, reason, message", [
-    (lambda: encode("grad", step=1, rank=0, loss=0.5), "frames", "grad message needs a payload array"),
+    (lambda: encode("grad", step=1, rank=0, gen=0, loss=0.5), "frames", "grad message needs a payload array"),
     (lambda: encode("bye", np.zeros(2, np.float32), rank=0), "frames", "bye message carries no payload"),
     (lambda: encode("shutdown"), "type", "unknown message type 'shutdown'"),
-    (lambda: encode("params", np.zeros((4, 4), np.float32)[:, ::2], step=1), "frames", "not C-contiguous"),
-    (lambda: encode("params", np.zeros(4, ">f4"), step=1), "dtype", "not in native byte order"),
-    (lambda: encode("params", np.zeros(4, object), step=1), "dtype", "dtype 'object' not allowed"),
-    (lambda: encode("params", [1.0, 2.0], step=1), "frames", "payload is list, expected a numpy array"),
-    (lambda: encode("params", np.zeros(4, np.float32), step=1, nbytes=16), "unknown-field",
+    (lambda: encode("params", np.zeros((4, 4), np.float32)[:, ::2], step=1, rank=0, world=1, gen=0), "frames", "not C-contiguous"),
+    (lambda: encode("params", np.zeros(4, ">f4"), step=1, rank=0, world=1, gen=0), "dtype", "not in native byte order"),
+    (lambda: encode("params", np.zeros(4, object), step=1, rank=0, world=1, gen=0), "dtype", "dtype 'object' not allowed"),
+    (lambda: encode("params", [1.0, 2.0], step=1, rank=0, world=1, gen=0), "frames", "payload is list, expected a numpy array"),
+    (lambda: encode("params", np.zeros(4, np.float32), step=1, rank=0, world=1, gen=0, nbytes=16), "unknown-field",
      "nbytes come from the payload array"),
     (lambda: encode("welcome", rank=1, world=2), "missing-field", "welcome message lacks step"),
     (lambda: encode("bye", rank=True), "field-type", "rank is bool, expected int"),
@@ -209,7 +212,7 @@ def test_server_sums_gradients_in_place_and_workers_copy_parameters_back(zmq_pai
     grads = [np.random.default_rng(seed).standard_normal(numel).astype(np.float32) for seed in (1, 2)]
     losses = [0.75, 0.5]
     for rank, (sock, g) in enumerate(zip(workers, grads)):
-        sock.send_multipart(encode("grad", g, step=3, rank=rank, loss=losses[rank]), copy=False)
+        sock.send_multipart(encode("grad", g, step=3, rank=rank, gen=0, loss=losses[rank]), copy=False)
 
     acc = np.zeros(numel, np.float32)
     idents, seen = [], []
@@ -226,7 +229,7 @@ def test_server_sums_gradients_in_place_and_workers_copy_parameters_back(zmq_pai
 
     acc *= np.float32(0.5)  # stands in for the optimizer
     for ident in idents:
-        router.send_multipart([ident, *encode("params", acc, step=3)], copy=False)
+        router.send_multipart([ident, *encode("params", acc, step=3, rank=0, world=1, gen=0)], copy=False)
     for sock in workers:
         dest = np.full(numel, np.nan, np.float32)
         header, payload = decode(sock.recv_multipart(copy=False), expect={"type": "params", "step": 3,
@@ -239,9 +242,9 @@ def test_server_sums_gradients_in_place_and_workers_copy_parameters_back(zmq_pai
 def test_a_stale_gradient_over_the_wire_is_dropped_and_counted(zmq_pair):
     zmq, router, dealer = zmq_pair
     worker = dealer()
-    worker.send_multipart(encode("grad", np.ones(8, np.float32), step=4, rank=0, loss=1.0), copy=False)
+    worker.send_multipart(encode("grad", np.ones(8, np.float32), step=4, rank=0, gen=0, loss=1.0), copy=False)
     worker.send_multipart([b"\xff\xfe not a header"], copy=False)
-    worker.send_multipart(encode("grad", np.ones(8, np.float32), step=5, rank=0, loss=1.0), copy=False)
+    worker.send_multipart(encode("grad", np.ones(8, np.float32), step=5, rank=0, gen=0, loss=1.0), copy=False)
     acc, counters, errors = np.zeros(8, np.float32), Counters(), []
     for _ in range(3):
         _, *frames = router.recv_multipart(copy=False)
@@ -265,7 +268,7 @@ def H(**fields) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
-GRAD = {"type": "grad", "step": 5, "rank": 1, "loss": 0.5, "dtype": "float32", "shape": [4], "nbytes": 16}
+GRAD = {"type": "grad", "step": 5, "rank": 1, "gen": 0, "loss": 0.5, "dtype": "float32", "shape": [4], "nbytes": 16}
 P16 = np.arange(4, dtype=np.float32).tobytes()
 
 
@@ -308,7 +311,7 @@ HOSTILE = [
     ("type-with-newline", [H(type="bye\nFORGED LOG LINE " + "x" * 100)], None, "type",
      "unknown message type 'bye\\nFORGED LOG LINE xxxxxxxxxxxxxxx..."),
     ("missing-field", [grad_with(loss=DELETE), P16], None, "missing-field", "grad message lacks loss"),
-    ("missing-payload-fields", [H(type="params", step=1), P16], None, "missing-field",
+    ("missing-payload-fields", [H(type="params", step=1, rank=0, world=1, gen=0), P16], None, "missing-field",
      "params message lacks dtype, shape, nbytes"),
     ("unknown-field", [H(type="bye", rank=0, admin=True)], None, "unknown-field",
      "bye message has unknown field 'admin'"),
@@ -351,7 +354,7 @@ HOSTILE = [
      "payload-size", "payload is 16 bytes, nbytes says 1000000000000"),
     ("nbytes-1e12-shape-disagrees", [grad_with(nbytes=10**12), P16], None, "nbytes",
      "shape [4] of float32 is 16 bytes, nbytes says 1000000000000"),
-    ("nbytes-float-literal", [b'{"type":"params","step":1,"dtype":"float32","shape":[4],"nbytes":1e12}', P16],
+    ("nbytes-float-literal", [b'{"type":"params","step":1,"rank":0,"world":1,"gen":0,"dtype":"float32","shape":[4],"nbytes":1e12}', P16],
      None, "field-type", "nbytes is float, expected int"),
     ("payload-longer", [grad_with(), P16 + b"\x00\x00\x80\x3f"], None, "payload-size",
      "payload is 20 bytes, nbytes says 16"),
@@ -463,7 +466,7 @@ def _assert_valid(header: dict, payload, expect: dict | None) -> None:
 
 _VALUES = [None, True, False, -1, 0, 1, 3, 7, 2**63, 2**64, 1.5, -0.0, 1e308, "", "x", "float32", "float64",
            "<f4", "grad", "bye", "\n", "\ud800", [], [4], [-1], [2, 2], [1.0], {"a": 1}, "y" * 5000]
-_NAMES = ["type", "step", "rank", "loss", "dtype", "shape", "nbytes", "world", "code", "reason", "numel",
+_NAMES = ["type", "step", "rank", "gen", "loss", "dtype", "shape", "nbytes", "world", "code", "reason", "numel",
           "version", "config_hash", "host", "pid", "x", "__class__", ""]
 
 
@@ -535,6 +538,6 @@ def test_random_messages_decode_to_valid_headers_or_raise_wire_error():
         counters.accept(header["type"])
     assert counters.n_accepted + counters.n_dropped == 3000
     # Both outcomes are exercised substantially, and every reason is reached.
-    assert counters.n_accepted >= 300 and counters.n_dropped >= 1500
+    assert counters.n_accepted >= 250 and counters.n_dropped >= 1500
     assert len(counters.accepted) == len(MESSAGE_TYPES)
     assert set(counters.dropped) == set(REASONS)

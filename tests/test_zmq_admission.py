@@ -12,7 +12,6 @@ multi-process ones (marked slow) run distbp-train and launch/zmq-local."""
 
 from __future__ import annotations
 
-import io
 import math
 import socket
 import subprocess
@@ -317,7 +316,7 @@ def _step(s: Served, sends) -> tuple[np.ndarray, list[bool]]:
 
     s.start(step)
     for rank, (raw, loss, values) in enumerate(sends):
-        assert raw.send("grad", np.asarray(values, np.float32), step=0, rank=rank, loss=loss)
+        assert raw.send("grad", np.asarray(values, np.float32), step=0, rank=rank, gen=0, loss=loss)
     s.join()
     return params, updated
 

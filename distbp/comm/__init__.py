@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .abort import install_abort_hook, rank_name
-from .base import Communicator, LocalCommunicator, MismatchError, PeerLost, ServerStopped
+from .base import Communicator, Dropped, LocalCommunicator, MismatchError, PeerLost, Recut, ServerStopped
 from ..process import LaunchError, check_launcher, cpu_count, launched_by_mpi, local_world, pin_blas_threads, world_rank
 from .mpi import MPICommunicator
 
@@ -33,5 +33,5 @@ def get_communicator(comm_cfg: Mapping[str, Any]) -> Communicator:
     raise ValueError(f"comm.backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MismatchError", "PeerLost", "ServerStopped", "get_communicator",
+__all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "MismatchError", "PeerLost", "Recut", "Dropped", "ServerStopped", "get_communicator",
            "launched_by_mpi", "local_world", "install_abort_hook", "rank_name", "LaunchError", "check_launcher", "world_rank", "cpu_count", "pin_blas_threads", "BACKENDS"]

@@ -39,6 +39,17 @@ class PeerLost(DistbpError, RuntimeError):
     """A peer (a worker, or the server) stopped answering; the message names which."""
 
 
+class Recut(Exception):
+    """Raised by ``sync_step`` when the workers of the step in flight changed (one was lost):
+    the step's global batch is cut again among those left, and this worker computes its new
+    slice (``rank`` of ``size``, already updated) and calls ``sync_step`` again. Not an error."""
+
+
+class Dropped(PeerLost):
+    """The job goes on without this worker (the server found it silent too long, or cut off);
+    like a lost server, a worker that rejoins (``comm.reconnect_s``) is admitted again."""
+
+
 class ServerStopped(DistbpError, RuntimeError):
     """The coordinator ended the job (an error there, or a lost worker); carries its exit code."""
 
@@ -134,9 +145,10 @@ class Communicator:
     def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
                   stats: np.ndarray) -> np.ndarray:
         """One step's exchange. On entry ``grad`` holds this worker's gradient and ``stats``
-        its small per-step numbers (loss, stop flag); on return every process holds the
-        updated parameters in ``params``, and the stats summed over workers are returned.
-        ``update`` applies the optimizer to the summed gradient in ``grad``."""
+        its small per-step numbers (loss, stop flag, 1.0); on return every process holds the
+        updated parameters in ``params``, and the stats summed over workers are returned (the
+        last: how many workers computed the step). ``update`` applies the optimizer to the
+        summed gradient in ``grad``. May raise ``Recut`` (an elastic parameter server)."""
         self.reduce_gradients_(grad)
         update()
         return self.allreduce_sum_(stats)

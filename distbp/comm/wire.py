@@ -51,21 +51,29 @@ def _spec(required: dict[str, Any], optional: dict[str, Any] | None = None, payl
 MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # worker → server: join; host and pid only name the worker in the server's log
     "hello": _spec({"version": str, "config_hash": str, "numel": int}, {"host": str, "pid": int}),
-    # server → worker: admitted with a rank (which fixes its data slice) at a step
+    # server → worker: admitted with a rank at a step (``start`` then says the slice it computes)
     "welcome": _spec({"rank": int, "world": int, "step": int}),
     # server → worker: not admitted, and why (what differs)
     "refuse": _spec({"reason": str}),
-    # server → worker: the parameters to start from at ``step``
-    "start": _spec({"step": int, **_ARRAY}, payload=True),
-    # worker → server: this worker's gradient sum and local loss for ``step``
-    # (``stop`` = 1 when the worker was asked to stop: SIGTERM/SIGINT)
-    "grad": _spec({"step": int, "rank": int, "loss": float, **_ARRAY}, {"stop": int}, payload=True),
-    # server → worker: the parameters after ``step``, the global loss, and whether to stop
-    "params": _spec({"step": int, **_ARRAY}, {"loss": float, "stop": int}, payload=True),
+    # server → worker: the parameters to start from at ``step``, and the slice of every batch
+    # this worker computes from then on: ``rank`` of ``world``, in membership generation ``gen``
+    "start": _spec({"step": int, "rank": int, "world": int, "gen": int, **_ARRAY}, payload=True),
+    # worker → server: this worker's gradient sum and local loss for ``step``, cut for
+    # membership ``gen`` (``stop`` = 1 when the worker was asked to stop: SIGTERM/SIGINT)
+    "grad": _spec({"step": int, "rank": int, "gen": int, "loss": float, **_ARRAY}, {"stop": int}, payload=True),
+    # server → worker: the parameters after ``step``, the global loss, whether to stop, and
+    # the slice of the next step (``rank`` of ``world``, generation ``gen``)
+    "params": _spec({"step": int, "rank": int, "world": int, "gen": int, **_ARRAY}, {"loss": float, "stop": int},
+                    payload=True),
+    # server → worker: the workers of ``step`` changed (one was lost): compute it again, as
+    # ``rank`` of ``world``, generation ``gen``; gradients of an older generation are dropped
+    "recut": _spec({"step": int, "rank": int, "world": int, "gen": int}),
     # both ways: still alive
     "heartbeat": _spec({"rank": int}, {"step": int}),
     # server → worker: the job ends; ``code`` is the exit code
     "stop": _spec({"reason": str, "code": int}),
+    # server → worker: the job goes on without this worker (it was silent too long, or cut off)
+    "drop": _spec({"reason": str}),
     # worker → server: leaving cleanly
     "bye": _spec({"rank": int}),
 })
@@ -173,7 +181,7 @@ def _check_header(header: dict[str, Any], payload_nbytes: int | None, dtypes: Se
     for name, field_kind in spec.optional.items():
         if name in header:
             _check_field(header, name, field_kind)
-    if kind == "welcome" and header["rank"] >= header["world"]:
+    if "world" in header and header["rank"] >= header["world"]:
         raise WireError("value", f"rank {header['rank']} is not below world {header['world']}")
 
     if not spec.payload:

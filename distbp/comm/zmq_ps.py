@@ -52,7 +52,7 @@ import zmq
 from .._version import __version__
 from ..errors import EXIT_USAGE, DistbpError
 from . import wire
-from .base import Communicator, MismatchError, PeerLost, ServerStopped, alongside
+from .base import Communicator, Dropped, MismatchError, PeerLost, Recut, ServerStopped, alongside
 
 HB_SUFFIX = b"/hb"
 RCVHWM = 16  # messages libzmq queues per connection before it stops reading it
@@ -64,6 +64,14 @@ class InsecureEndpoint(DistbpError, ValueError):
     """The server would listen beyond this machine without CURVE (a config problem: exit 2)."""
 
     exit_code = EXIT_USAGE
+
+
+class _WorkerLost(PeerLost):
+    """A member is gone (silent past comm.timeout_s, left, or cut off): which, by identity."""
+
+    def __init__(self, identity: bytes, message: str) -> None:
+        super().__init__(message)
+        self.identity = identity
 
 
 class WorkerFault(PeerLost):
@@ -301,6 +309,10 @@ class ZMQServer(Communicator):
                 "port is trusted")
         self.cfg = cfg
         self.rank, self.size = 0, int(cfg["workers"])
+        # Elastic bounds (docs/ARCHITECTURE.md, "Elastic parameter server"): the job goes on
+        # while at least min_workers remain, and admits joiners up to max_workers.
+        self.min_workers = int(cfg.get("min_workers") or self.size)
+        self.max_workers = int(cfg.get("max_workers") or self.size)
         self.heartbeat_s, self.timeout_s = float(cfg["heartbeat_s"]), float(cfg["timeout_s"])
         self.join_timeout_s = float(cfg["join_timeout_s"])
         # The server wakes at least this often even when nothing arrives, so that a launcher
@@ -314,6 +326,10 @@ class ZMQServer(Communicator):
         self._keys: _ClientKeys | None = None
         self._throttle = _Throttle(lambda line: self.log(line))
         self._held: collections.deque[_Msg] = collections.deque()  # workers' messages read during solo()
+        self._pending: list[_Peer] = []  # hellos admitted at the next step boundary
+        self._losses: list[_WorkerLost] = []  # members lost, handled at the start of the next step
+        self._gen = 0  # membership generation: every join or loss moves it on
+        self._hash = ""
         self._step = 0
         self._numel = 0
         self._next_heartbeat = 0.0
@@ -326,7 +342,7 @@ class ZMQServer(Communicator):
 
     # -- joining ----------------------------------------------------------------------------
     def handshake(self, config_hash: str, numel: int) -> None:
-        self._numel = numel
+        self._numel, self._hash = numel, config_hash
         endpoint = self.cfg["endpoint"]
         # Kept on self at once: close() must close it even if CURVE set-up or bind fails, or
         # the context's term() would wait for it forever.
@@ -349,11 +365,18 @@ class ZMQServer(Communicator):
             security = "no CURVE: any process on this machine can join"
         else:
             security = "no CURVE (comm.insecure): anyone who can reach this port can join"
-        self.log(f"parameter server on {endpoint} ({security}): waiting for {self.size} worker(s)")
+        elastic = (f"; elastic: goes on with {self.min_workers} to {self.max_workers} (comm.min_workers, "
+                   "comm.max_workers)") if (self.min_workers, self.max_workers) != (self.size, self.size) else ""
+        self.log(f"parameter server on {endpoint} ({security}): waiting for {self.size} worker(s){elastic}")
         deadline = time.monotonic() + self.join_timeout_s
         while len(self.peers) < self.size:
             msg = self._recv(deadline)
             if msg is None:
+                if len(self.peers) >= self.min_workers:
+                    self.log(f"{len(self.peers)} of {self.size} workers joined within {self.join_timeout_s:g} s "
+                             f"(comm.join_timeout_s): starting with them (comm.min_workers {self.min_workers}); "
+                             "the others may join later")
+                    break
                 raise PeerLost(f"only {len(self.peers)} of {self.size} workers joined within "
                                f"{self.join_timeout_s:g} s (comm.join_timeout_s)")
             identity = msg.identity
@@ -362,16 +385,8 @@ class ZMQServer(Communicator):
             header = self._decode(msg.body, {"type": "hello"}, identity)
             if header is None:
                 continue
-            name = f"{header.get('host', '?')}:{header.get('pid', '?')}"
-            differs = [f"{what}: worker {theirs!r}, server {ours!r}" for what, theirs, ours in (
-                ("distbp version", header["version"], __version__),
-                ("config hash", header["config_hash"], config_hash),
-                ("parameter count", header["numel"], numel)) if theirs != ours]
-            holder = self._holder(msg.key)
-            if holder is not None:
-                differs.insert(0, self._key_in_use(msg.key, holder))
-            elif self._keys is not None and msg.key is None:
-                differs.insert(0, "its connection has no CURVE key")  # never under ZAP; and never admitted
+            name = self._name(header)
+            differs = self._hello_differs(msg, header)
             if differs:
                 self._refuse(msg, name, "; ".join(differs))
                 continue
@@ -381,10 +396,36 @@ class ZMQServer(Communicator):
             except PeerLost:
                 self.log(f"worker {name} left before it was admitted")
                 continue
-            self.peers.append(_Peer(identity, name, msg.key))
-            if self._keys is not None:
-                self.log(f"worker {rank} ({name}) holds key {self._keys.label(msg.key)}")
-            self.log(f"worker {rank} joined: {name}")
+            self._joined(_Peer(identity, name, msg.key))
+        self.size = len(self.peers)
+
+    @staticmethod
+    def _name(hello: dict[str, Any]) -> str:
+        return f"{hello.get('host', '?')}:{hello.get('pid', '?')}"
+
+    def _hello_differs(self, msg: _Msg, header: dict[str, Any]) -> list[str]:
+        """Why a hello cannot be admitted (empty when it can): version, config hash, parameter
+        count, and under CURVE a key that already holds a rank (or waits to)."""
+        differs = [f"{what}: worker {theirs!r}, server {ours!r}" for what, theirs, ours in (
+            ("distbp version", header["version"], __version__),
+            ("config hash", header["config_hash"], self._hash),
+            ("parameter count", header["numel"], self._numel)) if theirs != ours]
+        holder = self._holder(msg.key)
+        if holder is not None:
+            differs.insert(0, self._key_in_use(msg.key, holder))
+        elif self._keys is not None and msg.key is None:
+            differs.insert(0, "its connection has no CURVE key")  # never under ZAP; and never admitted
+        elif msg.key is not None and any(p.key == msg.key for p in self._pending):
+            differs.insert(0, f"its key {self._keys.label(msg.key)} is already waiting to join with another "
+                              "connection; a key admits one worker at a time")
+        return differs
+
+    def _joined(self, peer: _Peer) -> None:
+        self.peers.append(peer)
+        rank = len(self.peers) - 1
+        if self._keys is not None:
+            self.log(f"worker {rank} ({peer.name}) holds key {self._keys.label(peer.key)}")
+        self.log(f"worker {rank} joined: {peer.name}")
 
     def _holder(self, key: str | None) -> int | None:
         """The rank that ``key`` holds, if any (CURVE only)."""
@@ -409,27 +450,90 @@ class ZMQServer(Communicator):
             pass  # it has gone already: a stranger that hangs up must not end the job
 
     def _stranger(self, msg: _Msg) -> None:
-        """A message from a connection that holds no rank, while the job runs."""
+        """A message from a connection that holds no rank, while the job runs: a hello that
+        passes the checks waits to join at the next step boundary while there is room
+        (comm.max_workers); anything else is dropped."""
         holder = self._holder(msg.key)
         try:
             header, _ = wire.decode(msg.body, {"type": "hello"})
         except wire.WireError:
             header = None
-        if holder is not None:
-            # A second connection with a key that holds a rank: refused, and said so.
+        if holder is not None and header is None:
+            # A second connection with a key that holds a rank: dropped, and said so.
             self._dropped("key-in-use", msg.identity, log=False)
-            if header is not None:
-                self._refuse(msg, f"{header.get('host', '?')}:{header.get('pid', '?')}",
-                             self._key_in_use(msg.key, holder))
-            else:
-                self._throttle(self._peer(msg), f"dropped a message from {msg.address()} on a second connection "
-                                                f"of key {self._keys.label(msg.key)}, which holds rank {holder} "
-                                                f"({self.peers[holder].name})")
+            self._throttle(self._peer(msg), f"dropped a message from {msg.address()} on a second connection "
+                                            f"of key {self._keys.label(msg.key)}, which holds rank {holder} "
+                                            f"({self.peers[holder].name})")
             return
-        self._dropped("unknown-sender", msg.identity)
-        if header is not None:
-            self._refuse(msg, f"{header.get('host', '?')}:{header.get('pid', '?')}",
-                         f"the job already has its {self.size} worker(s)")
+        if header is None or msg.identity.endswith(HB_SUFFIX):
+            self._dropped("unknown-sender", msg.identity)
+            return
+        if any(p.identity == msg.identity for p in self._pending):
+            return  # its hello again: it waits already
+        self.counters.accept("hello")
+        name = self._name(header)
+        differs = self._hello_differs(msg, header)
+        if holder is not None:
+            self._dropped("key-in-use", msg.identity, log=False)
+        elif not differs and len(self.peers) + len(self._pending) >= self.max_workers:
+            self._dropped("unknown-sender", msg.identity, log=False)
+            differs = [f"the job already has its {self.max_workers} worker(s) (comm.max_workers)"]
+        if differs:
+            self._refuse(msg, name, "; ".join(differs))
+            return
+        self._pending.append(_Peer(msg.identity, name, msg.key))
+        self.log(f"worker {name} asks to join: admitted at the next step boundary")
+
+    def _admit_waiting(self, step: int, params: np.ndarray) -> set[bytes]:
+        """Workers that asked to join during the step join before the next: each gets a
+        welcome, then the current parameters and its slice (``start``); their identities."""
+        waiting, self._pending = self._pending, []
+        ready = []
+        for peer in waiting:
+            try:
+                self._send(peer.identity, "welcome", rank=len(self.peers) + len(ready),
+                           world=len(self.peers) + len(waiting), step=step)
+                ready.append(peer)
+            except PeerLost:
+                self.log(f"worker {peer.name} left before it was admitted")
+        if not ready:
+            return set()
+        self._gen += 1
+        for peer in ready:
+            self._joined(peer)
+        self.size = len(self.peers)
+        self.log(f"world size {self.size} from step {step + 1}")
+        for peer in ready:
+            peer.last_seen = time.monotonic()
+            try:
+                self._send(peer.identity, "start", params, step=step, rank=self._rank_of(peer.identity),
+                           world=self.size, gen=self._gen)
+            except _WorkerLost as e:
+                self._losses.append(e)  # the next step re-cuts without it
+        return {p.identity for p in ready}
+
+    def _leave(self, lost: "_WorkerLost", step: int) -> None:
+        """A worker is gone during ``step`` (0-based): the job goes on without it while at least
+        comm.min_workers remain, the step's global batch re-cut among them (``recut``); below
+        that it ends (PeerLost), as a fail-stop job does."""
+        rank = self._rank_of(lost.identity)
+        if rank is None:
+            return  # already gone
+        left = len(self.peers) - 1
+        if left < self.min_workers:
+            raise PeerLost(f"{lost}; {left} worker(s) left, fewer than comm.min_workers ({self.min_workers})") from None
+        peer = self.peers.pop(rank)
+        self._gen += 1
+        self.size = left
+        self.log(f"{lost}: the job goes on without it; world size {left} from step {step + 1}, which is "
+                 "computed again by the workers left")
+        with contextlib.suppress(zmq.ZMQError):  # it may be alive (stopped, cut off): it may rejoin
+            self._sock.send_multipart([peer.identity, *wire.encode("drop", reason=str(lost)[:1000])],
+                                      flags=zmq.NOBLOCK)
+        now = time.monotonic()
+        for r, p in enumerate(self.peers):
+            p.last_seen = now  # the step's work starts again: so does its deadline
+            self._send(p.identity, "recut", step=step, rank=r, world=left, gen=self._gen)
 
     def agree_u64(self, value: int) -> int:
         self._step = max(int(value) - 1, 0)
@@ -442,8 +546,8 @@ class ZMQServer(Communicator):
         pass  # the optimizer lives here only
 
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
-        for peer in self.peers:
-            self._send(peer.identity, "start", flat, step=self._step)
+        for r, peer in enumerate(self.peers):
+            self._send(peer.identity, "start", flat, step=self._step, rank=r, world=self.size, gen=self._gen)
         now = time.monotonic()
         for peer in self.peers:
             peer.last_seen = now
@@ -455,6 +559,50 @@ class ZMQServer(Communicator):
         step = self._step
         if self._lost is not None:
             raise PeerLost(self._lost)
+        while True:
+            try:
+                while self._losses:  # lost between steps, or just now
+                    self._leave(self._losses.pop(0), step)
+                frames, losses, stops = self._collect(grad, step)
+                break
+            except _WorkerLost as e:
+                self._losses.append(e)
+        # Every worker's numbers are checked before any of them is used: the step that would
+        # apply them never happens, so the checkpoint written on the way out is the last good one.
+        bad = [r for r in range(self.size) if not math.isfinite(losses[r])]
+        if bad:
+            raise WorkerFault(self._fault(bad, "loss", step, [f"{losses[r]}" for r in bad]))
+        # Rank order, whatever the arrival order: the same sum bit for bit, run after run.
+        wire.copy_into(grad, frames[0])
+        for f in frames[1:]:
+            wire.add_into(grad, f)
+        out = np.array([stats[0] + losses.sum(), max(stats[1], stops.max()), float(self.size)])
+        try:
+            update()  # the Trainer's: it refuses a non-finite sum before the optimizer runs
+        except Exception:
+            # Only now, on the way out, is each worker's gradient read again to find whose it was.
+            bad = [r for r, f in enumerate(frames) if not _all_finite(f, grad.dtype)]
+            if bad:
+                raise WorkerFault(self._fault(bad, "gradient", step)) from None
+            raise
+        finally:
+            del frames
+        self._step = step + 1
+        joined = self._admit_waiting(step + 1, params) if self._pending else set()
+        for r, peer in enumerate(self.peers):
+            if peer.identity in joined:
+                continue  # it has the parameters already, in its start
+            try:
+                self._send(peer.identity, "params", params, step=step + 1, rank=r, world=self.size, gen=self._gen,
+                           loss=float(out[0]), stop=int(out[1] > 0))
+            except _WorkerLost as e:
+                # Handled at the next step, once the Trainer has counted this one as finished, so
+                # that a checkpoint it then writes holds the parameters it names.
+                self._losses.append(e)
+        return out
+
+    def _collect(self, grad: np.ndarray, step: int) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """Every worker's gradient frame, loss and stop flag for ``step``, in rank order."""
         frames: list[Any] = [None] * self.size
         losses = np.zeros(self.size)
         stops = np.zeros(self.size)
@@ -476,46 +624,28 @@ class ZMQServer(Communicator):
                 continue
             peer.last_seen = time.monotonic()
             # One check for all three: expect's step and nbytes apply to the fields a message has.
-            header = self._decode(msg.body, dict(expect, type={"grad", "heartbeat", "bye"}, rank=rank), msg.identity)
-            if header is None or header["type"] == "heartbeat":
+            try:
+                header, _ = wire.decode(msg.body, dict(expect, type={"grad", "heartbeat", "bye"}))
+                if header["type"] == "grad" and header["gen"] != self._gen:
+                    self.counters.drop("stale")  # cut for the workers before a re-cut: computed again
+                    continue
+                if header["type"] == "grad" and header["rank"] != rank:
+                    raise wire.WireError("mismatch", f"wrong rank {header['rank']}, expected {rank}")
+            except wire.WireError as e:
+                self._dropped(e, msg.identity)
+                continue
+            self.counters.accept(header["type"])
+            if header["type"] == "heartbeat":
                 continue
             if header["type"] == "bye":
-                raise PeerLost(f"worker {rank} ({peer.name}) left during step {step + 1}")
+                raise _WorkerLost(peer.identity, f"worker {rank} ({peer.name}) left during step {step + 1}")
             if frames[rank] is not None:
                 self._dropped("duplicate", msg.identity)
                 continue
             frames[rank] = msg.body[1]
             losses[rank] = header["loss"]
             stops[rank] = header.get("stop", 0)
-        # Every worker's numbers are checked before any of them is used: the step that would
-        # apply them never happens, so the checkpoint written on the way out is the last good one.
-        bad = [r for r in range(self.size) if not math.isfinite(losses[r])]
-        if bad:
-            raise WorkerFault(self._fault(bad, "loss", step, [f"{losses[r]}" for r in bad]))
-        # Rank order, whatever the arrival order: the same sum bit for bit, run after run.
-        wire.copy_into(grad, frames[0])
-        for f in frames[1:]:
-            wire.add_into(grad, f)
-        out = np.array([stats[0] + losses.sum(), max(stats[1], stops.max())])
-        try:
-            update()  # the Trainer's: it refuses a non-finite sum before the optimizer runs
-        except Exception:
-            # Only now, on the way out, is each worker's gradient read again to find whose it was.
-            bad = [r for r, f in enumerate(frames) if not _all_finite(f, grad.dtype)]
-            if bad:
-                raise WorkerFault(self._fault(bad, "gradient", step)) from None
-            raise
-        finally:
-            del frames
-        self._step = step + 1
-        try:
-            for peer in self.peers:
-                self._send(peer.identity, "params", params, step=step + 1, loss=float(out[0]), stop=int(out[1] > 0))
-        except PeerLost as e:
-            # Reported at the next step, once the Trainer has counted this one as finished, so
-            # the checkpoint it then writes holds the parameters it names.
-            self._lost = str(e)
-        return out
+        return frames, losses, stops
 
     def _fault(self, ranks: list[int], what: str, step: int, values: list[str] | None = None) -> str:
         def who(r: int) -> str:
@@ -557,6 +687,10 @@ class ZMQServer(Communicator):
         self._note_denied()
         self._throttle.flush()
         self.log(f"messages: {self.counters.summary()}")  # always: the load test counts from it
+        for peer in self._pending:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.send_multipart([peer.identity, *wire.encode(
+                    "refuse", reason="the job ended before this worker could join")], flags=zmq.NOBLOCK)
         if self._sock is not None:
             self._sock.close(linger=2000)
         if self._auth is not None:
@@ -582,8 +716,8 @@ class ZMQServer(Communicator):
         self._heartbeat_if_due(now, step)
         for r, peer in enumerate(self.peers):
             if now - peer.last_seen > self.timeout_s:
-                raise PeerLost(f"worker {r} ({peer.name}) silent for {self.timeout_s:g} s "
-                               f"(comm.timeout_s) during step {step + 1}")
+                raise _WorkerLost(peer.identity, f"worker {r} ({peer.name}) silent for {self.timeout_s:g} s "
+                                                 f"(comm.timeout_s) during step {step + 1}")
         return min(self._next_heartbeat, min(p.last_seen for p in self.peers) + self.timeout_s)
 
     @contextlib.contextmanager
@@ -592,7 +726,7 @@ class ZMQServer(Communicator):
         socket, so the workers hear heartbeats (a long evaluation is not a dead server),
         strangers' messages are read and dropped as they come (nothing piles up in libzmq's
         queues), and the workers' own messages are kept, in order, for the step that reads them."""
-        if self._sock is None or not self.peers or self._lost is not None:
+        if self._sock is None or not self.peers or self._lost is not None or self._losses:
             yield
             return
         with alongside(self._service, "distbp-server-solo"):
@@ -614,6 +748,8 @@ class ZMQServer(Communicator):
                 if len(self._held) >= limit:
                     self._dropped("held-overflow", self._held.popleft().identity)
                 self._held.append(msg)
+        except _WorkerLost as e:
+            self._losses.append(e)  # the next step goes on without it, or ends the job
         except PeerLost as e:
             self._lost = str(e)  # the next step reports it
 
@@ -671,8 +807,10 @@ class ZMQServer(Communicator):
             self._sock.send_multipart([identity, *wire.encode(type_, payload, **fields)], copy=False)
         except zmq.ZMQError as e:  # ROUTER_MANDATORY: that worker is gone
             rank = self._rank_of(identity)
-            who = f"worker {rank} ({self.peers[rank].name})" if rank is not None else f"peer {identity[:32]!r}"
-            raise PeerLost(f"{who} is gone: cannot send to it ({e})") from None
+            if rank is not None:
+                raise _WorkerLost(self.peers[rank].identity,
+                                  f"worker {rank} ({self.peers[rank].name}) is gone: cannot send to it ({e})") from None
+            raise PeerLost(f"peer {identity[:32]!r} is gone: cannot send to it ({e})") from None
 
 
 def _all_finite(payload: Any, dtype: np.dtype) -> bool:
@@ -692,6 +830,7 @@ class ZMQWorker(Communicator):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
         self.rank, self.size = 0, 1
+        self._gen = 0  # the server's membership generation this worker's slice was cut for
         self.heartbeat_s, self.timeout_s = float(cfg["heartbeat_s"]), float(cfg["timeout_s"])
         self.join_timeout_s = float(cfg["join_timeout_s"])
         self.name = f"{pysocket.gethostname()}:{os.getpid()}"
@@ -703,6 +842,7 @@ class ZMQWorker(Communicator):
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._admitted = False
+        self._dropped = False
         self._closed = False
 
     @property
@@ -726,7 +866,7 @@ class ZMQWorker(Communicator):
     def handshake(self, config_hash: str, numel: int) -> None:
         self._send(wire.encode("hello", version=__version__, config_hash=config_hash, numel=numel,
                                host=pysocket.gethostname(), pid=os.getpid()), self.join_timeout_s, "its hello")
-        header, _ = self._wait({"welcome", "refuse"}, self.join_timeout_s, "to admit this worker")
+        header, _ = self._wait({"welcome": None, "refuse": None}, self.join_timeout_s, "to admit this worker")
         if header["type"] == "refuse":
             raise MismatchError(f"the server refused this worker: {header['reason']}")
         self.rank, self.size = header["rank"], header["world"]
@@ -735,9 +875,14 @@ class ZMQWorker(Communicator):
         self._hb_thread.start()
 
     def agree_u64(self, value: int) -> int:
-        header, payload = self._wait({"start"}, self.join_timeout_s, "to send the starting parameters")
+        header, payload = self._wait({"start": None}, self.join_timeout_s, "to send the starting parameters")
         self._start, self._step = payload, header["step"]
+        self._slice(header)
         return header["step"] + 1
+
+    def _slice(self, header: dict[str, Any]) -> None:
+        """This worker's slice from now on, as the server's start, params or recut says."""
+        self.rank, self.size, self._gen = header["rank"], header["world"], header["gen"]
 
     def check_same(self, what: str, value: int, hint: str = "") -> None:
         pass
@@ -756,13 +901,16 @@ class ZMQWorker(Communicator):
     def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
                   stats: np.ndarray) -> np.ndarray:
         step = self._step
-        self._send(wire.encode("grad", grad, step=step, rank=self.rank, loss=float(stats[0]), stop=int(stats[1] > 0)),
-                   self.timeout_s, f"the gradient of step {step + 1}")
-        header, payload = self._wait({"params"}, self.timeout_s, f"the parameters of step {step + 1}",
-                                     {"step": step + 1, "nbytes": params.nbytes})
+        self._send(wire.encode("grad", grad, step=step, rank=self.rank, gen=self._gen, loss=float(stats[0]),
+                               stop=int(stats[1] > 0)), self.timeout_s, f"the gradient of step {step + 1}")
+        header, payload = self._wait({"params": {"step": step + 1, "nbytes": params.nbytes}, "recut": {"step": step}},
+                                     self.timeout_s, f"the parameters of step {step + 1}")
+        self._slice(header)
+        if header["type"] == "recut":
+            raise Recut()  # a worker was lost: this step again, with the slice just set
         wire.copy_into(params, payload)
         self._step = step + 1
-        return np.array([header.get("loss", 0.0), float(header.get("stop", 0))])
+        return np.array([header.get("loss", 0.0), float(header.get("stop", 0)), float(self.size)])
 
     def check_replicas(self, params: np.ndarray, step: int) -> None:
         pass
@@ -780,10 +928,10 @@ class ZMQWorker(Communicator):
             raise PeerLost(f"the server at {self.cfg['endpoint']} took nothing for {timeout_s:g} s while this "
                            f"worker sent it {what}") from None
 
-    def _wait(self, types: set[str], timeout_s: float, what: str,
-              expect: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
-        """The next message of one of ``types``; a heartbeat from the server renews the
-        deadline, a stop ends the job, garbage is dropped."""
+    def _wait(self, types: dict[str, dict[str, Any] | None], timeout_s: float, what: str) -> tuple[dict[str, Any], Any]:
+        """The next message of one of ``types`` (type -> what its fields must be); a heartbeat
+        from the server renews the deadline, a stop ends the job, a drop this worker's part in
+        it, garbage is dropped."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -792,9 +940,9 @@ class ZMQWorker(Communicator):
                                f"while this worker waited for it {what}")
             frames = self._sock.recv_multipart(copy=False)
             try:
-                header, payload = wire.decode(frames, {"type": types | {"heartbeat", "stop"}})
-                if header["type"] in types and expect:
-                    wire.decode(frames, expect)
+                header, payload = wire.decode(frames, {"type": set(types) | {"heartbeat", "stop", "drop"}})
+                if types.get(header["type"]):
+                    wire.decode(frames, types[header["type"]])
             except wire.WireError as e:
                 self.log(f"distbp worker {self.rank}: dropped a message from the server: {e}")
                 continue
@@ -803,6 +951,10 @@ class ZMQWorker(Communicator):
                 continue
             if header["type"] == "stop":
                 raise ServerStopped(header["reason"], header["code"])
+            if header["type"] == "drop":
+                self._dropped = True
+                raise Dropped(f"the server at {self.cfg['endpoint']} goes on without this worker (rank "
+                              f"{self.rank}): {header['reason']}")
             return header, payload
 
     def _heartbeats(self) -> None:
@@ -818,7 +970,7 @@ class ZMQWorker(Communicator):
             sock.close(linger=0)
 
     def fail(self, message: str, code: int) -> None:
-        if self._admitted and not self._closed:  # a refused worker has nobody to say bye to
+        if self._admitted and not self._dropped and not self._closed:  # a refused or dropped one has nobody to tell
             try:
                 self._sock.send_multipart(wire.encode("bye", rank=self.rank), flags=zmq.NOBLOCK)
             except zmq.ZMQError:

@@ -195,6 +195,10 @@ SCHEMA: dict[str, Any] = {
         "role": Field("str", "worker", choices=("server", "worker")),
         "endpoint": Field("str", "tcp://127.0.0.1:5555"),
         "workers": Field("int", 1, min=1),
+        # Elastic parameter server: the job goes on while this many remain (null: all of
+        # comm.workers, fail-stop), and admits workers that join mid-run up to max_workers.
+        "min_workers": Field("int", None, min=1, nullable=True),
+        "max_workers": Field("int", None, min=1, nullable=True),
         "heartbeat_s": Field("float", 1.0, min=0.0, min_open=True),
         "timeout_s": Field("float", 10.0, min=0.0, min_open=True),
         "join_timeout_s": Field("float", 60.0, min=0.0, min_open=True),
@@ -424,7 +428,7 @@ _HAND_APPLIES: tuple[Applies, ...] = (
     Applies(("data.stratify",), lambda c: c["data"]["name"] not in ("conll", "custom"), _named("data.name"),
             "classification data read by distbp (CoNLL is split by sentence)"),
     Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
-    Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.heartbeat_s",
+    Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.min_workers", "comm.max_workers", "comm.heartbeat_s",
              "comm.join_timeout_s", "comm.curve", "comm.insecure", "comm.reconnect_s"), _is("comm.backend", "zmq"),
             _named("comm.backend"),
             "comm.backend: zmq"),
@@ -537,6 +541,12 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
     if data["val_fraction"] + data["test_fraction"] >= 1:
         errors.append(f"data.test_fraction: {data['test_fraction']} with data.val_fraction {data['val_fraction']} "
                       "leaves nothing for training")
+    c = cfg["comm"]  # the server's keys (a worker's comm.workers says nothing: the server assigns its rank)
+    if c["role"] == "server" and c["min_workers"] is not None and c["min_workers"] > c["workers"]:
+        errors.append(f"comm.min_workers: {c['min_workers']} is more than comm.workers ({c['workers']}), the "
+                      "workers the job starts with")
+    if c["role"] == "server" and c["max_workers"] is not None and c["max_workers"] < c["workers"]:
+        errors.append(f"comm.max_workers: {c['max_workers']} is fewer than comm.workers ({c['workers']})")
     if regression and model["loss"] in ("cross_entropy", "multi_margin"):
         errors.append(f"model.loss: {_show(model['loss'])} needs class labels; a regression task uses mse")
     return errors

@@ -24,7 +24,7 @@ import numpy as np
 from .. import __version__, nn
 from .. import metrics as M
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import (Communicator, PeerLost, ServerStopped, get_communicator, install_abort_hook, local_world,
+from ..comm import (Communicator, PeerLost, Recut, ServerStopped, get_communicator, install_abort_hook, local_world,
                     pin_blas_threads)
 from ..data import (BatchSource, DataInfo, DistributedSampler, Preprocessor, Subset, as_source, data_info,
                     load_data, num_classes, split_indices)
@@ -101,6 +101,7 @@ class _Run:
     metrics: MetricsFile | None
     dropouts: list[nn.Dropout]
     loss: float | None = None
+    world: int = 1  # workers that computed the last step
     evaluation: dict[str, Any] = field(default_factory=dict)
     # keep_best's best value; early stopping's best value and evaluations since it improved
     # (in the checkpoint's meta, so that a resumed run decides as the uninterrupted one).
@@ -628,7 +629,7 @@ class Trainer:
         # after its exchange is acted on at the next step by all, not now by that rank alone
         # (the others would wait for it in the next all-reduce, where no Python signal handler
         # runs, and the job would hang).
-        run.loss = float(stats[0])
+        run.loss, run.world = float(stats[0]), int(stats[2])
         stop = bool(stats[1] > 0)
         if stop and self._signal is None:
             self._signal = signal.SIGTERM
@@ -657,7 +658,7 @@ class Trainer:
             epoch = (run.step - 1) // run.sampler.steps_per_epoch
             lr = run.opt.param_groups[0]["lr"]
             run.metrics.write({"step": run.step, "epoch": epoch, "loss": run.loss, "lr": lr,
-                               "samples_per_s": round(rate, 1)})
+                               "samples_per_s": round(rate, 1), "world_size": run.world})
             # Under the bar (which shows the step and loss), train.log alone gets the line.
             run.log.info(f"step {run.step}/{run.total} epoch {epoch} loss {run.loss:.4f} lr {lr:.3g} "
                          f"{rate:,.0f} samples/s", console=False)
@@ -706,11 +707,20 @@ class Trainer:
 
     def _train_step(self, step: int, run: _Run) -> tuple[np.ndarray, int]:
         """Forward and backward on this worker's slice, the step's exchange, optimizer step.
-        Returns the stats summed over workers (global mean loss, stop requests) and the
-        global batch size."""
+        Returns the stats summed over workers (global mean loss, stop requests, workers) and
+        the global batch size. An elastic parameter server may re-cut the step among the
+        workers left when one is lost (Recut): the slice is then computed again."""
+        while True:
+            try:
+                return self._try_step(step, run)
+            except Recut:
+                continue
+
+    def _try_step(self, step: int, run: _Run) -> tuple[np.ndarray, int]:
         sampler, model, opt = run.sampler, run.model, run.opt
         self.comm.step = step + 1  # for messages that name what a rank was doing
         clip = self.cfg["train"]["clip_grad_norm"]
+        sampler.rank, sampler.world_size = self.comm.rank, self.comm.size  # a parameter server's may change
         idx, batch = sampler.local_indices(step)
         if not self.comm.computes_gradients:
             idx = idx[:0]
@@ -742,7 +752,8 @@ class Trainer:
                     _clip_grad_norm(grad, squares, clip)
                 opt.step()
 
-            stats = np.array([local_loss, 0.0 if self._signal is None else 1.0])
+            # loss, stop request, and 1 per worker: summed, how many computed the step
+            stats = np.array([local_loss, 0.0 if self._signal is None else 1.0, 1.0])
             stats = self.comm.sync_step(grad, opt.flat.data, update, stats)
         return stats, batch
 

@@ -193,7 +193,7 @@ def hostile_messages(seed: int, step: int, rank: int, numel: int) -> list[list[b
     def h(**fields):
         return json.dumps(fields).encode()
 
-    grad = dict(type="grad", step=step, rank=rank, loss=0.5, dtype="float32", shape=[numel], nbytes=good)
+    grad = dict(type="grad", step=step, rank=rank, gen=0, loss=0.5, dtype="float32", shape=[numel], nbytes=good)
     return [
         [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 64)))],  # random bytes
         [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 64))), bytes(rnd.randint(0, 99))],
@@ -220,7 +220,7 @@ def hostile_messages(seed: int, step: int, rank: int, numel: int) -> list[list[b
         [h(**dict(grad, evil="__reduce__")), arr],  # unknown field
         [h(**grad)],  # no payload
         [h(**grad), arr, arr],  # one frame too many
-        [h(type="params", step=step + 1, dtype="float32", shape=[numel], nbytes=good), arr],  # a server's message
+        [h(type="params", step=step + 1, rank=0, world=1, gen=0, dtype="float32", shape=[numel], nbytes=good), arr],  # a server's message
         [h(type="bye", rank=rank, reason="x")],  # a bye with an unknown field
         [h(type="hello", version="0.1.0", config_hash=7, numel=numel)],
         [h(type="pickle", data="gASVAAAAAAAAAAB9lC4=")],  # unknown type
@@ -631,7 +631,7 @@ def _raw_rogue(endpoint: str, key_dir: Path, step: int, rank: int, count: int = 
         answer = json.loads(s.recv_multipart()[0]) if s.poll(10_000) else {}
         noise = np.random.default_rng(step).standard_normal(NUMEL).astype(np.float32)
         for k in range(count):
-            s.send_multipart(wire.encode("grad", noise, step=step + k, rank=rank, loss=0.5))
+            s.send_multipart(wire.encode("grad", noise, step=step + k, rank=rank, gen=0, loss=0.5))
         return answer, count
     finally:
         s.close(linger=2000)
