@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from .config_faults import BOMB_LIMIT_S, yaml_bomb  # noqa: E402
+from .elastic_faults import join_worker, lose_worker, restart_server  # noqa: E402
 from .mpi_faults import (EXIT_WITHIN_S, STOP_TIMEOUT_S, elastic_kill, kill_random_rank, signal_job,  # noqa: E402
                          stop_random_rank)
 from .rundir_faults import all_damaged, two_jobs  # noqa: E402
@@ -29,6 +30,21 @@ def _row(name: str, figs: list[dict], limit: float) -> tuple:
             f"{sum(f['checkpoint_loads'] for f in figs)}/{len(figs)}",
             f"{sum(f['bitwise_resume'] for f in figs)}/{len(figs)}",
             str(sum(f["leftover_processes"] for f in figs)))
+
+
+def _elastic_row(name: str, figs: list[dict]) -> tuple:
+    def count(key: str) -> str:
+        return f"{sum(bool(f.get(key)) for f in figs)}/{len(figs)}" if key in figs[0] else "-"
+
+    def worst(key: str, fmt: str) -> str:
+        return format(max(f[key] for f in figs), fmt) if key in figs[0] else "-"
+
+    over = [f for f in figs if "limit_s" in f and f["seconds_fault_to_step_end"] > f["limit_s"]]
+    return (name, len(figs), count("completed"), count("admitted") if "admitted" in figs[0] else count("restarted"),
+            count("bitwise") if "bitwise" in figs[0] else count("world_sizes_as_expected"),
+            worst("max_abs_diff", ".2e"), worst("max_abs_diff_single", ".2e"),
+            worst("seconds_fault_to_step_end", ".2f"), worst("limit_s", ".2f"),
+            f"{len(over)}" if "limit_s" in figs[0] else "-", str(sum(f["leftover_processes"] for f in figs)))
 
 
 def _table(head: tuple, rows: list[tuple]) -> None:
@@ -63,8 +79,20 @@ def main() -> None:
               ("run dir: all checkpoints damaged", all_damaged, 30.0),
               ("run dir: two jobs", two_jobs, 30.0),
               ("config: YAML bomb", yaml_bomb, BOMB_LIMIT_S)]
-    rows = []
+    elastic = [("ZMQ elastic: kill -9 random worker", lambda d, s: lose_worker(d, s, "SIGKILL")),
+               ("ZMQ elastic: SIGSTOP random worker", lambda d, s: lose_worker(d, s, "SIGSTOP")),
+               ("ZMQ elastic: a worker joins", join_worker),
+               ("ZMQ elastic: kill -9 server, zmq-local --restart 1", restart_server)]
+    rows, elastic_rows = [], []
     with tempfile.TemporaryDirectory(prefix="distbp-faults-") as tmp:
+        for name, trial in elastic:
+            if args.only not in name:
+                continue
+            figs = [trial(tmp, seed) for seed in range(args.trials)]
+            if args.verbose:
+                for f in figs:
+                    print(f)
+            elastic_rows.append(_elastic_row(name, figs))
         for name, trial, limit in faults:
             if args.only not in name:
                 continue
@@ -82,6 +110,17 @@ def main() -> None:
                 hostile = hostile_trial(job, hostile_dir)
             finally:
                 job.kill_all()
+    if elastic_rows:
+        _table(("elastic fault", "trials", "completed", "admitted/restarted", "world sizes/bitwise",
+                "worst max|d| vs undisturbed", "vs 1 process", "worst s fault to step end", "limit s", "over limit",
+                "leftover procs"), elastic_rows)
+        print("(completed: the job ended with exit 0, every surviving worker too, no process restarted except "
+              "the server under --restart; world sizes: metrics.jsonl's world_size is N before the change and "
+              f"N-1 (N+1) from it on; limit: comm.timeout_s ({TIMEOUT_S:g} s) + 2 steps for SIGSTOP, 1 s + 2 steps "
+              "for kill -9, which the server sees at its next send)")
+        print()
+    if not rows:
+        return
     _table(("fault", "trials", "max s to exit", "limit s", "exit codes", "lost one named", "checkpoints intact",
             "bitwise resumes", "leftover procs"), rows)
     print("('lost one named': MPI, distbp's 'rank N (pid P on HOST) was killed by SIGKILL' names the killed "
