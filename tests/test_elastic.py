@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from faults.elastic_faults import join_worker, lose_worker
+from faults.elastic_faults import drop_and_rejoin, join_worker, lose_worker
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5  # N-invariance over FINAL steps (README, "How exact")
@@ -37,4 +37,12 @@ def test_a_worker_that_joins_at_a_chosen_step_is_admitted_at_the_step_boundary(t
     assert f["admitted"] and f["completed"] and f["leftover_processes"] == 0, f
     assert f["world_sizes_as_expected"], f  # 2 to the step it asked in, 3 after
     assert f["bitwise_composite"], f
+    assert f["max_abs_diff"] <= TOLERANCE, f
+
+
+def test_a_dropped_worker_that_runs_again_rejoins_at_the_next_step_boundary(tmp_root):
+    f = drop_and_rejoin(tmp_root, 2)
+    assert f["dropped"] and f["rejoined_said"] and f["admitted"], f
+    assert f["completed"] and f["leftover_processes"] == 0, f
+    assert f["world_sizes_as_expected"], f  # 3, then 2 from the step it stopped in, 3 again after K+3
     assert f["max_abs_diff"] <= TOLERANCE, f

@@ -68,6 +68,29 @@ sys.exit(train_main(sys.argv[1:]))
 """
 
 
+# Both at once: rank LOST stops itself at step STEP (MARK as above), and rank 0 holds at step
+# HOLD_STEP until GO exists (HELD says it holds), so that the stopped worker, once continued,
+# asks to join again while the job certainly still runs.
+STOP_THEN_HOLD = """
+import os, signal, sys, time
+from distbp.comm import zmq_ps
+LOST, STEP, MARK, HOLD_STEP, HELD, GO = {lost}, {step}, {mark!r}, {hold_step}, {held!r}, {go!r}
+original = zmq_ps.ZMQWorker.sync_step
+def hooked(self, grad, params, update, stats):
+    if self.rank == LOST and self._step == STEP - 1 and not os.path.exists(MARK):
+        open(MARK, "w").close()
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if self.rank == 0 and self._step == HOLD_STEP - 1 and not os.path.exists(GO):
+        open(HELD, "w").close()
+        while not os.path.exists(GO):
+            time.sleep(0.01)
+    return original(self, grad, params, update, stats)
+zmq_ps.ZMQWorker.sync_step = hooked
+from distbp.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
 def _state(pid: int) -> str:
     """The process state letter of /proc/PID/stat (T: stopped), or "" once it is gone."""
     try:
@@ -250,4 +273,50 @@ def restart_server(tmp_dir: str | Path, seed: int, n: int = 2) -> dict:
             "completed": code == 0, "restarted": f"server (pid {pid}) was killed by SIGKILL" in text
             and "resumed from" in text,
             "bitwise": final is not None and bool(np.array_equal(final, _reference(tmp_dir, n))),
+            "leftover_processes": leftovers}
+
+
+def drop_and_rejoin(tmp_dir: str | Path, seed: int, n: int = 3) -> dict:
+    """Worker n-1 stops itself at a random step K (SIGSTOP: a hung container); the server drops
+    it after comm.timeout_s and goes on with n-1. Continued, it hears that it was dropped,
+    rejoins (comm.reconnect_s) and is admitted at the end of step K+3 (rank 0 holds there until
+    its hello is read): world size n, n-1 from K, n again after K+3; every process exits 0."""
+    tmp_dir = Path(tmp_dir)
+    at_step = random.Random(seed).randint(6, 30)
+    root = tmp_dir / f"elastic-rejoin-seed{seed}"
+    job, run, endpoint, comm = _common(root, n, n - 1, n)
+    comm = _with(list(comm), "comm.reconnect_s=30")
+    mark, held, go = root / "stopped", root / "held", root / "go"
+    script = STOP_THEN_HOLD.format(lost=n - 1, step=at_step, mark=str(mark), hold_step=at_step + 3, held=str(held),
+                                   go=str(go))
+    server = job.server("server", endpoint, n, run, _sets_final(), comm, ("--resume", "never"))
+    workers = [job.worker(f"worker{i}", endpoint, _sets_final(), comm, script) for i in range(n)]
+    victim = None
+    try:
+        _wait_for_file(held, [server])  # the others reached step K+3: the stopped one was dropped
+        victim = next(w for w in workers if _state(w.pid) == "T")
+        os.kill(victim.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while "asks to join" not in server.stdout and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.01)
+        go.touch()
+        code = _wait(server, 120)
+        codes = [_wait(w, 15) for w in workers]
+    finally:
+        leftovers = sum(p.poll() is None for p in job.procs)
+        job.kill_all()
+    said = server.stdout
+    final = final_params(run, FINAL) if code == 0 else None
+    worlds = _worlds(run) if (run / "metrics.jsonl").exists() else {}
+    expected = {s: (n - 1 if at_step <= s <= at_step + 3 else n) for s in range(1, FINAL + 1)}
+    pid = victim.pid if victim else -1
+    return {"fault": "SIGSTOP worker, dropped, continued, rejoins", "seed": seed, "at_step": at_step,
+            "exit_code": code, "completed": code == 0 and all(c == 0 for c in codes), "exits": codes,
+            "dropped": f":{pid}) silent for {TIMEOUT_S:g} s" in said and "goes on without it" in said,
+            "admitted": f"worker {n - 1} joined: " in said and said.count(f":{pid}") >= 3
+            and f"world size {n} from step {at_step + 4}" in said,
+            "rejoined_said": "goes on without this worker" in (victim.stderr if victim else "")
+            and "trying to rejoin" in (victim.stderr if victim else ""),
+            "world_sizes_as_expected": worlds == expected,
+            "max_abs_diff": float(np.abs(final - _reference(tmp_dir, n)).max()) if final is not None else float("inf"),
             "leftover_processes": leftovers}

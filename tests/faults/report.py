@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from .config_faults import BOMB_LIMIT_S, yaml_bomb  # noqa: E402
-from .elastic_faults import join_worker, lose_worker, restart_server  # noqa: E402
+from .elastic_faults import drop_and_rejoin, join_worker, lose_worker, restart_server  # noqa: E402
 from .mpi_faults import (EXIT_WITHIN_S, STOP_TIMEOUT_S, elastic_kill, kill_random_rank, signal_job,  # noqa: E402
                          stop_random_rank)
 from .rundir_faults import all_damaged, two_jobs  # noqa: E402
@@ -82,6 +82,7 @@ def main() -> None:
     elastic = [("ZMQ elastic: kill -9 random worker", lambda d, s: lose_worker(d, s, "SIGKILL")),
                ("ZMQ elastic: SIGSTOP random worker", lambda d, s: lose_worker(d, s, "SIGSTOP")),
                ("ZMQ elastic: a worker joins", join_worker),
+               ("ZMQ elastic: SIGSTOP worker, continued: dropped, rejoins", drop_and_rejoin),
                ("ZMQ elastic: kill -9 server, zmq-local --restart 1", restart_server)]
     rows, elastic_rows = [], []
     with tempfile.TemporaryDirectory(prefix="distbp-faults-") as tmp:
