@@ -1,5 +1,5 @@
 """ZeroMQ parameter server vs MPI all-reduce: samples/s of real ``distbp-train`` runs on loopback at 2
-and 4 workers, interleaved (bench/README.md). Target: ZeroMQ at >= 70% of MPI's samples/s."""
+and 4 workers, interleaved (bench/README.md). Target: ZeroMQ at >= 80% of MPI's samples/s."""
 
 from __future__ import annotations
 

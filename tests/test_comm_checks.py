@@ -73,5 +73,5 @@ def test_solo_and_the_trainers_notes_do_nothing_where_nothing_waits():
     comm = LocalCommunicator()
     with comm.solo():
         pass
-    comm.step, comm.parameters = 3, (["w"], np.array([0, 4]))
-    assert comm.step == 3
+    comm.current_step, comm.parameters = 3, (["w"], np.array([0, 4]))
+    assert comm.current_step == 3

@@ -30,7 +30,7 @@ def _job(ctx, n: int, **cfg) -> tuple[Served, list[Raw]]:
     """A server with ``n`` raw workers admitted (ranks 0..n-1, pids 20..), started at step 0."""
     endpoint = free_endpoint()
     s = Served(comm_cfg(endpoint, workers=n, **cfg))
-    s.start(s.server.handshake, HASH, NUMEL)
+    s.start(s.server.join, HASH, NUMEL)
     raws = []
     for r in range(n):
         raw = Raw(ctx, endpoint, f"w-{r}".encode())
@@ -38,8 +38,7 @@ def _job(ctx, n: int, **cfg) -> tuple[Served, list[Raw]]:
         raws.append(raw)
     s.join()
     assert s.error is None, s.error
-    s.server.agree_u64(1)
-    s.server.broadcast_(np.zeros(NUMEL, np.float32))
+    assert s.server.start(0, None, np.zeros(NUMEL, np.float32), list) == 0
     for r, raw in enumerate(raws):
         start = raw.answer({"start"})
         assert (start["step"], start["rank"], start["world"], start["gen"]) == (0, r, n, 0)
@@ -58,7 +57,7 @@ class _Step:
             self.params -= self.grad
 
         def step():
-            self.out = s.server.sync_step(self.grad, self.params, update, np.zeros(3))
+            self.out = s.server.step(self.grad, self.params, update, np.zeros(3))
 
         s.start(step)
 
@@ -193,7 +192,7 @@ def test_a_joiner_is_refused_when_the_job_is_full_or_it_differs(ctx, hello, reas
 def test_a_server_whose_workers_do_not_all_come_starts_with_min_workers(ctx):
     endpoint = free_endpoint()
     s = Served(comm_cfg(endpoint, workers=3, min_workers=2, join_timeout_s=1.0))
-    s.start(s.server.handshake, HASH, NUMEL)
+    s.start(s.server.join, HASH, NUMEL)
     raws = [Raw(ctx, endpoint, f"w-{r}".encode()) for r in range(2)]
     try:
         for r, raw in enumerate(raws):
@@ -202,8 +201,7 @@ def test_a_server_whose_workers_do_not_all_come_starts_with_min_workers(ctx):
         assert s.error is None and s.server.size == 2
         assert ("2 of 3 workers joined within 1 s (comm.join_timeout_s): starting with them (comm.min_workers 2)"
                 in s.log), s.log
-        s.server.agree_u64(1)
-        s.server.broadcast_(np.zeros(NUMEL, np.float32))
+        s.server.start(None, None, np.zeros(NUMEL, np.float32), list)
         assert [raw.answer({"start"})["world"] for raw in raws] == [2, 2]
     finally:
         s.server.close()

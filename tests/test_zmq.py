@@ -69,12 +69,12 @@ def test_n_workers_match_the_single_process_and_the_mpi_run(n, job, tmp_path, si
 LATE = """
 import sys, time
 from distbp.comm import zmq_ps
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def late(self, *args):
     if self.rank == {rank}:
         time.sleep(0.004)
     return original(self, *args)
-zmq_ps.ZMQWorker.sync_step = late
+zmq_ps.ZMQWorker.step = late
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
@@ -262,11 +262,11 @@ def test_a_worker_with_another_config_is_refused_and_the_job_goes_on(job, tmp_pa
 SLOW_HELLO = """
 import sys, time
 from distbp.comm import zmq_ps
-original = zmq_ps.ZMQWorker.handshake
+original = zmq_ps.ZMQWorker.join
 def slow(self, *args):
     time.sleep(1.0)
     return original(self, *args)
-zmq_ps.ZMQWorker.handshake = slow
+zmq_ps.ZMQWorker.join = slow
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """

@@ -71,7 +71,7 @@ def test_a_server_beyond_loopback_without_curve_is_refused_unless_insecure(tmp_p
     server.log_to(lines.append)
     try:
         with pytest.raises(zmq_ps.PeerLost, match="only 0 of 1 workers joined"):
-            server.handshake(HASH, NUMEL)
+            server.join(HASH, NUMEL)
     finally:
         server.close()
     assert "anyone who can reach this port can join" in lines[0], lines
@@ -246,7 +246,7 @@ def test_a_key_holds_one_rank_and_an_unlisted_key_never_connects(tmp_path, ctx):
     make_keys(other, 1)
     endpoint = free_endpoint()
     s = Served(comm_cfg(endpoint, workers=2, curve=str(keys)))
-    s.start(s.server.handshake, HASH, NUMEL)
+    s.start(s.server.join, HASH, NUMEL)
     try:
         a = Raw(ctx, endpoint, b"w-a", keys / "worker-0")
         assert a.hello(11) and a.answer({"welcome"})["rank"] == 0
@@ -289,14 +289,14 @@ def _two_workers(ctx, tmp_path, keys: bool = False) -> tuple[Served, Raw, Raw]:
         key_dir = tmp_path / "keys"
         make_keys(key_dir, 2)
     s = Served(comm_cfg(endpoint, workers=2, curve=str(key_dir) if key_dir else None))
-    s.start(s.server.handshake, HASH, NUMEL)
+    s.start(s.server.join, HASH, NUMEL)
     a = Raw(ctx, endpoint, b"w-a", key_dir / "worker-0" if key_dir else None)
     assert a.hello(21) and a.answer({"welcome"})["rank"] == 0
     b = Raw(ctx, endpoint, b"w-b", key_dir / "worker-1" if key_dir else None)
     assert b.hello(22) and b.answer({"welcome"})["rank"] == 1
     s.join()
     assert s.error is None
-    s.server.agree_u64(1)
+    s.server.start(0, None, np.zeros(NUMEL, np.float32), list)
     return s, a, b
 
 
@@ -312,7 +312,7 @@ def _step(s: Served, sends) -> tuple[np.ndarray, list[bool]]:
 
     def step():
         with np.errstate(over="ignore", invalid="ignore"):  # as the Trainer calls it
-            s.server.sync_step(grad, params, update, np.zeros(2))
+            s.server.step(grad, params, update, np.zeros(2))
 
     s.start(step)
     for rank, (raw, loss, values) in enumerate(sends):

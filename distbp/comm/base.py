@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import threading
-import zlib
 from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
@@ -60,61 +59,25 @@ class ServerStopped(DistbpError, RuntimeError):
 
 
 class Communicator:
-    """How the processes of one job combine gradients and agree on parameters.
-
-    ``rank`` and ``size`` say which slice of every global batch this process computes
-    gradients for (worker ``rank`` of ``size``). Every worker scales its loss by
-    1/global_batch, so the sum of the workers' gradients is the gradient of the global mean
-    loss. The coordinator logs, evaluates and writes checkpoints.
-
-    The Trainer calls, in order: ``handshake`` (same config and model everywhere),
-    ``agree_u64`` (the step to start from), ``broadcast_`` (the coordinator's parameters),
-    then per step ``sync_step`` and every few steps ``check_replicas``; ``fail`` on an error. The
-    collective transports (local, MPI) implement them with collectives; the parameter server
-    overrides them with messages.
+    """A collective transport: how the processes of a collective job (one process, MPI ranks)
+    sum arrays, broadcast them and compare numbers. Every process makes the same calls in the
+    same order. The Trainer speaks the training protocol (comm/protocol.py), which
+    ``Collective`` implements over this; ``distbp.distributed`` exposes it to loops of your own.
     """
 
     rank: int = 0
     size: int = 1
-    computes_gradients = True  # False for a parameter server, which only combines them
-    replicates_optimizer = True  # False for parameter-server workers: the server owns it
-    collective = True  # every process runs the same collectives (local, MPI); not the parameter server
-    _log_sink: Callable[[str], None] | None = None
-    # Set by the Trainer, for messages that name what a rank was doing: the step in progress
-    # (1-based), and the parameters' names with their start offsets in the flat buffer.
-    step: int = 0
+    # Set through the protocol, for messages that name what a rank was doing: the step in
+    # progress (1-based), and the parameters' names with their start offsets in the flat buffer.
+    current_step: int = 0
     parameters: tuple[list[str], np.ndarray] | None = None
 
     @property
     def is_coordinator(self) -> bool:
         return self.rank == 0
 
-    def handshake(self, config_hash: str, numel: int) -> None:
-        """Fail on every process, naming the rank, unless all run the same config and model."""
-        self.check_same("config hash", int(config_hash, 16),
-                        "every rank must be started with the same config and --set overrides")
-        self.check_same("parameter count", numel, "the ranks built different models")
-
-    def log(self, message: str) -> None:
-        """Report something the user should see: to stderr, or where ``log_to`` says."""
-        if self._log_sink is not None:
-            self._log_sink(message)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    def log_to(self, sink: Callable[[str], None] | None) -> None:
-        """Send what ``log`` reports to ``sink`` (the run's log while a run is open), or
-        back to stderr with None."""
-        self._log_sink = sink
-
-    def agree_stop(self, stop: bool) -> bool:
-        """Whether the coordinator decided to end the run now (early stopping), on every
-        process; every process calls it at the same steps."""
-        return bool(self.agree_u64(int(stop)))
-
     def broadcast_json(self, value: Any) -> Any:
-        """The coordinator's ``value`` (anything JSON can hold) on every process; a
-        collective of the collective transports."""
+        """The coordinator's ``value`` (anything JSON can hold) on every process."""
         blob = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8) if self.is_coordinator else None
         n = self.agree_u64(0 if blob is None else blob.size)
         buf = np.zeros(n, dtype=np.uint8)
@@ -135,23 +98,16 @@ class Communicator:
         sys.stderr.flush()
         os._exit(code)
 
-    def fail(self, message: str, code: int) -> None:
-        """This process is ending the job with an error: tell the peers that need telling."""
-
     def agree_u64(self, value: int) -> int:
         """The coordinator's ``value`` (an unsigned 64-bit integer), on every process."""
         return int(self.gather_u64(value)[0])
 
-    def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
-                  stats: np.ndarray) -> np.ndarray:
-        """One step's exchange. On entry ``grad`` holds this worker's gradient and ``stats``
-        its small per-step numbers (loss, stop flag, 1.0); on return every process holds the
-        updated parameters in ``params``, and the stats summed over workers are returned (the
-        last: how many workers computed the step). ``update`` applies the optimizer to the
-        summed gradient in ``grad``. May raise ``Recut`` (an elastic parameter server)."""
+    def exchange_(self, grad: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """One training step's sums, in place: the flat gradient and the step's small numbers
+        (loss, stop flag, 1 per worker) over all processes; returns the summed stats."""
+        self.allreduce_sum_(stats)
         self.reduce_gradients_(grad)
-        update()
-        return self.allreduce_sum_(stats)
+        return stats
 
     def reduce_gradients_(self, grad: np.ndarray) -> np.ndarray:
         """Sum the flat gradient buffer over workers, in place (overlapped buckets if set)."""
@@ -163,10 +119,6 @@ class Communicator:
         transport has nothing to overlap."""
         return None
 
-    def check_replicas(self, params: np.ndarray, step: int) -> None:
-        """Fail, naming the rank, if any replica's parameters differ from the coordinator's."""
-        self.check_same("parameter checksum", zlib.crc32(params), f"replicas diverged by step {step}")
-
     def allreduce_sum_(self, flat: np.ndarray) -> np.ndarray:
         """Sum ``flat`` over all workers, in place; returns it."""
         raise NotImplementedError
@@ -174,13 +126,6 @@ class Communicator:
     def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite ``flat`` on every worker with root's values, in place; returns it."""
         raise NotImplementedError
-
-    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
-        """Give every replica the coordinator's optimizer state (after a resume; zeros at a
-        fresh start), as DDP users expect. Transports whose workers keep no optimizer
-        state (the parameter server) override this with nothing to do."""
-        for a in arrays:
-            self.broadcast_(a)
 
     def iallreduce_sum_(self, view: np.ndarray) -> Any:
         """Start summing ``view`` in place over all workers; returns a handle for wait_all."""

@@ -135,12 +135,11 @@ class MPICommunicator(Communicator):
         self._wait(req.Test, flat.nbytes, "all-reduce")
         return flat
 
-    def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
-                  stats: np.ndarray) -> np.ndarray:
+    def exchange_(self, grad: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """The step's statistics first, with this rank's own verdict on its loss and gradient
         (one dot product) appended: their sum is the step's arrival, and tells every rank
         whether any rank's numbers were not finite before the gradient is summed; then the
-        gradient, then the update."""
+        gradient."""
         self.arm()
         buckets = self._buckets if self._buckets is not None and grad is self._buckets.grad else None
         if buckets is not None:
@@ -163,7 +162,6 @@ class MPICommunicator(Communicator):
             buckets.wait()
         else:
             self.allreduce_sum_(grad)
-        update()
         return stats[:-1]
 
     def overlap(self, grad: np.ndarray, offsets: np.ndarray, bucket_bytes: int):
@@ -356,7 +354,7 @@ class MPICommunicator(Communicator):
                 os.sched_yield()
 
     def _silence(self, silent: list[int], what: str) -> str:
-        where = f"during step {self.step}" if self.step else f"in {what} number {self._seq}"
+        where = f"during step {self.current_step}" if self.current_step else f"in {what} number {self._seq}"
         text = f"{' and '.join(self._who(r) for r in silent)} silent for {self.timeout_s:g} s ({self._timeout_key}) {where}"
         if 0 in silent:
             text += ("; rank 0 is the coordinator, which writes the checkpoints, so none was written now: "
@@ -402,7 +400,7 @@ class MPICommunicator(Communicator):
         text = str(error)
         peer = re.search(r"rank (\d+)", text)
         with_peer = f" with {self._who(int(peer.group(1)))}" if peer else ""
-        where = f"during step {self.step}" if self.step else ""
+        where = f"during step {self.current_step}" if self.current_step else ""
         first = text.strip().splitlines()[0].rstrip(":, ") if text.strip() else type(error).__name__
         raise PeerLost(f"{self._who(self.rank)}: the {what} {where} failed{with_peer} ({first}); a peer's process is "
                        "gone: mpiexec ends the job") from None
@@ -412,9 +410,9 @@ class MPICommunicator(Communicator):
         bad = [r for r in range(self.size) if codes[r]]
         r, c = bad[0], int(codes[bad[0]])
         if c < _GRADIENT:
-            what = f"non-finite loss ({('nan', 'inf', '-inf')[c - 1]}) at step {self.step}"
+            what = f"non-finite loss ({('nan', 'inf', '-inf')[c - 1]}) at step {self.current_step}"
         else:
-            what = f"non-finite gradient at step {self.step}{self._in_parameter(c - _GRADIENT)}"
+            what = f"non-finite gradient at step {self.current_step}{self._in_parameter(c - _GRADIENT)}"
         also = f" (also {', '.join(self._who(q) for q in bad[1:])})" if len(bad) > 1 else ""
         raise NonFiniteOnRank(f"{self._who(r)}: {what}{also}; lower optimizer.lr or check the data")
 

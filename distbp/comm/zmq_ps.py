@@ -52,7 +52,8 @@ import zmq
 from .._version import __version__
 from ..errors import EXIT_USAGE, DistbpError
 from . import wire
-from .base import Communicator, Dropped, MismatchError, PeerLost, Recut, ServerStopped, alongside
+from .base import Dropped, MismatchError, PeerLost, Recut, ServerStopped, alongside
+from .protocol import Protocol
 
 HB_SUFFIX = b"/hb"
 RCVHWM = 16  # messages libzmq queues per connection before it stops reading it
@@ -293,10 +294,9 @@ class _Peer:
         self.identity, self.name, self.last_seen, self.key = identity, name, time.monotonic(), key
 
 
-class ZMQServer(Communicator):
+class ZMQServer(Protocol):
     """The coordinator of a parameter-server job: computes no gradient itself."""
 
-    computes_gradients = False
     collective = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
@@ -341,7 +341,7 @@ class ZMQServer(Communicator):
         return True
 
     # -- joining ----------------------------------------------------------------------------
-    def handshake(self, config_hash: str, numel: int) -> None:
+    def join(self, config_hash: str, numel: int) -> None:
         self._numel, self._hash = numel, config_hash
         endpoint = self.cfg["endpoint"]
         # Kept on self at once: close() must close it even if CURVE set-up or bind fails, or
@@ -535,27 +535,24 @@ class ZMQServer(Communicator):
             p.last_seen = now  # the step's work starts again: so does its deadline
             self._send(p.identity, "recut", step=step, rank=r, world=left, gen=self._gen)
 
-    def agree_u64(self, value: int) -> int:
-        self._step = max(int(value) - 1, 0)
-        return int(value)
-
-    def check_same(self, what: str, value: int, hint: str = "") -> None:
-        pass  # the hello compared config hash, parameter count and version
-
-    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
-        pass  # the optimizer lives here only
-
-    def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
+    def start(self, step: int | None, load: Callable[[int], None], params: np.ndarray,
+              state: Callable[[], list[np.ndarray]]) -> int:
+        """Every worker gets the parameters to start from, the step and its slice (``start``).
+        The optimizer and its state live here only, and this server chose the checkpoint."""
+        self._step = 0 if step is None else step
         for r, peer in enumerate(self.peers):
-            self._send(peer.identity, "start", flat, step=self._step, rank=r, world=self.size, gen=self._gen)
+            self._send(peer.identity, "start", params, step=self._step, rank=r, world=self.size, gen=self._gen)
         now = time.monotonic()
         for peer in self.peers:
             peer.last_seen = now
-        return flat
+        return self._step
+
+    def slice_of(self, batch: int) -> tuple[int, int]:
+        return 0, 0  # the workers compute every gradient; the server sums them
 
     # -- one step ---------------------------------------------------------------------------
-    def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
-                  stats: np.ndarray) -> np.ndarray:
+    def step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
+             stats: np.ndarray) -> np.ndarray:
         step = self._step
         if self._lost is not None:
             raise PeerLost(self._lost)
@@ -661,16 +658,16 @@ class ZMQServer(Communicator):
         return (f"{sent} for step {step + 1}; the job stops after step {step}, the last good one "
                 "(this step's update is not applied)")
 
-    def check_replicas(self, params: np.ndarray, step: int) -> None:
-        pass  # workers hold no parameters of their own: the server sends them every step
+    def check(self, params: np.ndarray, step: int) -> None:
+        pass  # one copy of the parameters, this one: workers get them in every params message
 
     def agree_stop(self, stop: bool) -> bool:
         # The server decides; the workers hear it as a stop with exit code 0 (a normal end).
         if stop:
-            self.fail("early stopping", 0)
+            self.leave("early stopping", 0)
         return stop
 
-    def fail(self, message: str, code: int) -> None:
+    def leave(self, message: str, code: int) -> None:
         """Tell every worker the job is over (they exit with ``code``)."""
         if self._sock is None or self._closed:
             return
@@ -821,10 +818,9 @@ def _all_finite(payload: Any, dtype: np.dtype) -> bool:
     return bool(np.isfinite(squares) or np.isfinite(values).all())
 
 
-class ZMQWorker(Communicator):
+class ZMQWorker(Protocol):
     """A worker of a parameter-server job: computes its slice's gradient, receives parameters."""
 
-    replicates_optimizer = False
     collective = False
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
@@ -837,7 +833,6 @@ class ZMQWorker(Communicator):
         self.identity = f"w-{uuid.uuid4().hex[:12]}".encode()
         self._ctx = zmq.Context()
         self._sock = self._connect(self.identity)
-        self._start: Any = None
         self._step = 0
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -863,7 +858,7 @@ class ZMQWorker(Communicator):
         sock.connect(self.cfg["endpoint"])
         return sock
 
-    def handshake(self, config_hash: str, numel: int) -> None:
+    def join(self, config_hash: str, numel: int) -> None:
         self._send(wire.encode("hello", version=__version__, config_hash=config_hash, numel=numel,
                                host=pysocket.gethostname(), pid=os.getpid()), self.join_timeout_s, "its hello")
         header, _ = self._wait({"welcome": None, "refuse": None}, self.join_timeout_s, "to admit this worker")
@@ -874,32 +869,25 @@ class ZMQWorker(Communicator):
         self._hb_thread = threading.Thread(target=self._heartbeats, name="distbp-heartbeat", daemon=True)
         self._hb_thread.start()
 
-    def agree_u64(self, value: int) -> int:
+    def start(self, step: int | None, load: Callable[[int], None], params: np.ndarray,
+              state: Callable[[], list[np.ndarray]]) -> int:
+        """The server's parameters, step and this worker's slice (``start``); the server owns
+        the optimizer, so there is no state to receive and no checkpoint to read."""
         header, payload = self._wait({"start": None}, self.join_timeout_s, "to send the starting parameters")
-        self._start, self._step = payload, header["step"]
+        if len(payload) != params.nbytes:
+            raise MismatchError(f"the server's parameters have {len(payload)} bytes, this worker's model "
+                                f"{params.nbytes}")
+        wire.copy_into(params, payload)
+        self._step = header["step"]
         self._slice(header)
-        return header["step"] + 1
+        return self._step
 
     def _slice(self, header: dict[str, Any]) -> None:
         """This worker's slice from now on, as the server's start, params or recut says."""
         self.rank, self.size, self._gen = header["rank"], header["world"], header["gen"]
 
-    def check_same(self, what: str, value: int, hint: str = "") -> None:
-        pass
-
-    def broadcast_state_(self, arrays: list[np.ndarray]) -> None:
-        pass  # the server owns the optimizer
-
-    def broadcast_(self, flat: np.ndarray, root: int = 0) -> np.ndarray:
-        if self._start is None or len(self._start) != flat.nbytes:
-            raise MismatchError(f"the server's parameters have {0 if self._start is None else len(self._start)} "
-                                f"bytes, this worker's model {flat.nbytes}")
-        wire.copy_into(flat, self._start)
-        self._start = None
-        return flat
-
-    def sync_step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
-                  stats: np.ndarray) -> np.ndarray:
+    def step(self, grad: np.ndarray, params: np.ndarray, update: Callable[[], None],
+             stats: np.ndarray) -> np.ndarray:
         step = self._step
         self._send(wire.encode("grad", grad, step=step, rank=self.rank, gen=self._gen, loss=float(stats[0]),
                                stop=int(stats[1] > 0)), self.timeout_s, f"the gradient of step {step + 1}")
@@ -912,8 +900,8 @@ class ZMQWorker(Communicator):
         self._step = step + 1
         return np.array([header.get("loss", 0.0), float(header.get("stop", 0)), float(self.size)])
 
-    def check_replicas(self, params: np.ndarray, step: int) -> None:
-        pass
+    def check(self, params: np.ndarray, step: int) -> None:
+        pass  # its parameters are the server's, received every step: nothing of its own to drift
 
     def agree_stop(self, stop: bool) -> bool:
         return False  # the server's stop message (code 0) ends this worker's loop
@@ -969,7 +957,7 @@ class ZMQWorker(Communicator):
         finally:
             sock.close(linger=0)
 
-    def fail(self, message: str, code: int) -> None:
+    def leave(self, message: str, code: int) -> None:
         if self._admitted and not self._dropped and not self._closed:  # a refused or dropped one has nobody to tell
             try:
                 self._sock.send_multipart(wire.encode("bye", rank=self.rank), flags=zmq.NOBLOCK)

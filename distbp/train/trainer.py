@@ -24,8 +24,8 @@ import numpy as np
 from .. import __version__, nn
 from .. import metrics as M
 from ..autodiff.tensor import Tensor, no_grad
-from ..comm import (Communicator, PeerLost, Recut, ServerStopped, get_communicator, install_abort_hook, local_world,
-                    pin_blas_threads)
+from ..comm import (Communicator, PeerLost, Protocol, Recut, ServerStopped, as_protocol, get_protocol,
+                    install_abort_hook, local_world, pin_blas_threads)
 from ..data import (BatchSource, DataInfo, DistributedSampler, Preprocessor, Subset, as_source, data_info,
                     load_data, num_classes, split_indices)
 from ..errors import DistbpError
@@ -234,7 +234,7 @@ class Trainer:
     def __init__(self, config: Mapping[str, Any] | str | Path | None = None, *, model: nn.Module | None = None,
                  loss_fn: Callable[[Tensor, np.ndarray], Tensor] | None = None, train_data: Any = None,
                  val_data: Any = None, metrics: Mapping[str, Metric] | None = None,
-                 run_dir: str | Path | None = None, resume: str = "auto", comm: Communicator | None = None,
+                 run_dir: str | Path | None = None, resume: str = "auto", comm: Communicator | Protocol | None = None,
                  stream: IO[str] | None = None) -> None:
         cfg = defaults() if config is None else load_config(config) if isinstance(config, (str, Path)) \
             else resolve(dict(config))
@@ -244,7 +244,7 @@ class Trainer:
         self.run_dir = run_dir_path(run_dir, "Trainer(run_dir=...)") if run_dir is not None else Path(cfg["run_dir"])
         self.cfg = dict(cfg, run_dir=str(self.run_dir))  # config.yaml records where it really ran
         self.resume = resume
-        self.comm = comm if comm is not None else get_communicator(cfg["comm"])
+        self.comm = as_protocol(comm) if comm is not None else get_protocol(cfg["comm"])
         if self.comm.collective and self.comm.size > 1:
             install_abort_hook(self.comm)  # an uncaught error on one rank must not leave the others waiting
         if self.comm.is_coordinator:  # it writes the run directory: one it cannot is refused now, not after set-up
@@ -292,7 +292,7 @@ class Trainer:
             result.metrics = self._share(result.metrics)
         except BaseException as e:
             code = getattr(e, "exit_code", 1)
-            self.comm.fail(str(e) or type(e).__name__, code)
+            self.comm.leave(str(e) or type(e).__name__, code)
             self._unlock()
             raise
         finally:
@@ -314,10 +314,8 @@ class Trainer:
             self._lock = None
 
     def _share(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        # Only the coordinator evaluates; the replicas of a collective transport get its figures.
-        if self.comm.collective and self.comm.size > 1:
-            return self.comm.broadcast_json(metrics if self.comm.is_coordinator else None)
-        return metrics
+        # Only the coordinator evaluates; the replicas of a collective job get its figures.
+        return self.comm.share(metrics)
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup(self) -> _Run:
@@ -334,10 +332,10 @@ class Trainer:
         self.hash = config_hash(cfg, self._signature)
         # Agree on config and model before anything is written; a parameter server assigns
         # this worker's rank here, which fixes its slice of every batch.
-        comm.handshake(self.hash, opt.flat.numel)
+        comm.join(self.hash, opt.flat.numel)
         processes = comm.processes()
-        ckpt, start = self._resume_checkpoint(model, opt.flat)
-        sampler = DistributedSampler(len(data.train), tc["global_batch"], cfg["seed"], comm.rank, comm.size)
+        ckpt = self._choose_checkpoint(model, opt.flat)  # the coordinator's choice; None elsewhere
+        sampler = DistributedSampler(len(data.train), tc["global_batch"], cfg["seed"])  # global batches: comm cuts them
         total = tc["epochs"] * sampler.steps_per_epoch
         if tc["max_steps"] is not None:
             total = min(total, tc["max_steps"])
@@ -345,16 +343,24 @@ class Trainer:
         sched = build_scheduler(cfg, opt, total)
         if ckpt is not None:
             self._restore(ckpt, model, opt, sched, data.preprocessor)
-        elif start:  # a parameter-server worker: the schedule follows the server's step
-            sched.load_state_dict(dict(sched.state_dict(), t=start))
         if cfg["comm"]["overlap"] and comm.size > 1:
             opt.flat.on_grad_ready = comm.overlap(opt.flat.grad, opt.flat.offsets, int(cfg["comm"]["bucket_mb"] * 2**20))
         names = {id(p): n for n, p in model.named_parameters()}  # to name a rank's non-finite gradient's parameter
         comm.parameters = ([names.get(id(p), f"#{i}") for i, p in enumerate(opt.flat.params)], opt.flat.offsets)
-        # Every replica starts from the coordinator's parameters and optimizer state (as DDP
-        # does at construction), whatever each read from disk or drew at random.
-        comm.broadcast_(opt.flat.data, root=0)
-        comm.broadcast_state_([v for _, v in sorted(opt.state.items()) if isinstance(v, np.ndarray)])
+
+        def load(step: int) -> None:  # a replica that runs the optimizer reads the coordinator's checkpoint
+            nonlocal ckpt
+            ckpt = read_checkpoint(self.resume if self.resume != "auto" else
+                                   self.run_dir / "checkpoints" / checkpoint_name(step))
+            self._check_config(ckpt)
+            self._restore(ckpt, model, opt, sched, data.preprocessor)
+
+        # Every process starts from the coordinator's step, parameters and optimizer state (as
+        # DDP does at construction), whatever each read from disk or drew at random.
+        start = comm.start(None if ckpt is None else ckpt.step, load, opt.flat.data,
+                           lambda: [v for _, v in sorted(opt.state.items()) if isinstance(v, np.ndarray)])
+        if start and ckpt is None:  # a parameter-server worker: the schedule follows the server's step
+            sched.load_state_dict(dict(sched.state_dict(), t=start))
         dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
         run = _Run(data, model, loss_fn, opt, sched, sampler, total, start, ckpt.path if ckpt else None,
                    None, None, dropouts)
@@ -487,13 +493,9 @@ class Trainer:
                 "loss": None if self.loss_fn is None else _qualname(self.loss_fn),
                 "data": None if self.train_data is None else [len(data.train), len(data.val or [])]}
 
-    def _resume_checkpoint(self, model: nn.Module, flat: Any) -> tuple[Checkpoint | None, int]:
-        """The checkpoint to continue from (None to start fresh) and its step, agreed by all.
-
-        The coordinator chooses. Replicas that run the optimizer themselves (MPI ranks) then
-        read that same file (the run directory is shared, as under mpirun on one host or on a
-        cluster file system); parameter-server workers only need the step, since the server
-        sends them the parameters."""
+    def _choose_checkpoint(self, model: nn.Module, flat: Any) -> Checkpoint | None:
+        """The coordinator's checkpoint to continue from (None to start fresh; always None
+        on the other processes, which ``comm.start`` gives the step)."""
         comm, ckpt_dir = self.comm, self.run_dir / "checkpoints"
         named = [(n, p.shape) for n, p in model.named_parameters()]
         ckpt = None
@@ -523,11 +525,7 @@ class Trainer:
             else:
                 ckpt = read_checkpoint(self.resume)
             self._check_config(ckpt)
-        step = comm.agree_u64(0 if ckpt is None else ckpt.step + 1) - 1
-        if step >= 0 and ckpt is None and comm.replicates_optimizer:
-            ckpt = read_checkpoint(self.resume if self.resume != "auto" else ckpt_dir / checkpoint_name(step))
-            self._check_config(ckpt)
-        return ckpt, max(step, 0)
+        return ckpt
 
     def _check_config(self, ckpt: Checkpoint | None) -> None:
         if ckpt is not None and ckpt.meta.get("config_hash") != self.hash:
@@ -634,7 +632,7 @@ class Trainer:
         if stop and self._signal is None:
             self._signal = signal.SIGTERM
         if step % self.cfg["comm"]["check_every"] == 0 or is_last:
-            self.comm.check_replicas(run.opt.flat.data, step)
+            self.comm.check(run.opt.flat.data, step)
         if step % self.cfg["train"]["log_every"] == 0 or is_last:
             self._log_step(run)
         evaluating = (step % self.cfg["train"]["eval_every"] == 0 or is_last) and run.data.val is not None
@@ -718,13 +716,12 @@ class Trainer:
 
     def _try_step(self, step: int, run: _Run) -> tuple[np.ndarray, int]:
         sampler, model, opt = run.sampler, run.model, run.opt
-        self.comm.step = step + 1  # for messages that name what a rank was doing
+        self.comm.current_step = step + 1  # for messages that name what a rank was doing
         clip = self.cfg["train"]["clip_grad_norm"]
-        sampler.rank, sampler.world_size = self.comm.rank, self.comm.size  # a parameter server's may change
-        idx, batch = sampler.local_indices(step)
-        if not self.comm.computes_gradients:
-            idx = idx[:0]
-        start = (sampler.rank * batch) // sampler.world_size
+        everyone = sampler.global_batch_indices(step)
+        batch = len(everyone)
+        start, end = self.comm.slice_of(batch)  # asked every step: an elastic parameter server re-cuts it
+        idx = everyone[start:end]
         for i, m in enumerate(run.dropouts):
             # Masks drawn from (seed, step, layer) for the whole global batch, then sliced:
             # the same masks for any number of workers, and no RNG state to checkpoint.
@@ -754,7 +751,7 @@ class Trainer:
 
             # loss, stop request, and 1 per worker: summed, how many computed the step
             stats = np.array([local_loss, 0.0 if self._signal is None else 1.0, 1.0])
-            stats = self.comm.sync_step(grad, opt.flat.data, update, stats)
+            stats = self.comm.step(grad, opt.flat.data, update, stats)
         return stats, batch
 
     @staticmethod

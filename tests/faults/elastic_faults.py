@@ -32,7 +32,7 @@ LOSE_WORKER = """
 import os, signal, sys, time
 from distbp.comm import zmq_ps
 RANK, STEP, HOW, MARK = {rank}, {step}, {how!r}, {mark!r}
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def lost(self, grad, params, update, stats):
     if self.rank == RANK and self._step == STEP - 1:
         try:
@@ -44,7 +44,7 @@ def lost(self, grad, params, update, stats):
             os.close(fd)
             os.kill(os.getpid(), getattr(signal, HOW))
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = lost
+zmq_ps.ZMQWorker.step = lost
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
@@ -55,14 +55,14 @@ HOLD = """
 import os, sys, time
 from distbp.comm import zmq_ps
 RANK, STEP, HELD, GO = {rank}, {step}, {held!r}, {go!r}
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def held(self, grad, params, update, stats):
     if self.rank == RANK and self._step == STEP - 1 and not os.path.exists(GO):
         open(HELD, "w").close()
         while not os.path.exists(GO):
             time.sleep(0.01)
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = held
+zmq_ps.ZMQWorker.step = held
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
@@ -75,7 +75,7 @@ STOP_THEN_HOLD = """
 import os, signal, sys, time
 from distbp.comm import zmq_ps
 LOST, STEP, MARK, HOLD_STEP, HELD, GO = {lost}, {step}, {mark!r}, {hold_step}, {held!r}, {go!r}
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def hooked(self, grad, params, update, stats):
     if self.rank == LOST and self._step == STEP - 1 and not os.path.exists(MARK):
         open(MARK, "w").close()
@@ -85,7 +85,7 @@ def hooked(self, grad, params, update, stats):
         while not os.path.exists(GO):
             time.sleep(0.01)
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = hooked
+zmq_ps.ZMQWorker.step = hooked
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """

@@ -238,7 +238,7 @@ import os, sys, time
 from distbp.comm import zmq_ps
 {source}
 SENT = 0
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def hostile(self, grad, params, update, stats):
     global SENT
     if self._step == 20:
@@ -249,7 +249,7 @@ def hostile(self, grad, params, update, stats):
         self._sock.send_multipart(frames)
         SENT += 1
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = hostile
+zmq_ps.ZMQWorker.step = hostile
 from distbp.cli import train_main
 code = train_main(sys.argv[1:])
 print(f"insider sent {SENT}", flush=True)
@@ -645,14 +645,14 @@ HOLD_WORKER = """
 import os, sys, time
 from distbp.comm import zmq_ps
 RANK, STEP, HELD, GO = {rank}, {step}, {held!r}, {go!r}
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def held(self, grad, params, update, stats):
     if self.rank == RANK and self._step == STEP - 1:
         open(HELD, "w").close()
         while not os.path.exists(GO):
             time.sleep(0.01)
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = held
+zmq_ps.ZMQWorker.step = held
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
@@ -739,7 +739,7 @@ NAN_WORKER = """
 import math, sys, time
 from distbp.comm import zmq_ps
 RANK, STEP, WHAT, MARK = {rank}, {step}, {what!r}, {mark!r}
-original = zmq_ps.ZMQWorker.sync_step
+original = zmq_ps.ZMQWorker.step
 def poisoned(self, grad, params, update, stats):
     if self.rank == RANK and self._step == STEP - 1:  # the exchange of step STEP (counted from 1)
         if WHAT == "loss":
@@ -749,7 +749,7 @@ def poisoned(self, grad, params, update, stats):
         with open(MARK, "w") as f:
             f.write(repr(time.time()))
     return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.sync_step = poisoned
+zmq_ps.ZMQWorker.step = poisoned
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
