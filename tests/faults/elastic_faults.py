@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .mpi_faults import BASE, FINAL, final_params, reference
-from .zmq_faults import (LIVENESS, TIMEOUT_S, ZMQ_LOCAL, Job, Proc, _reference, _sets, _sets_final, _wait,
+from .zmq_faults import (HOLD_WORKER, LIVENESS, TIMEOUT_S, ZMQ_LOCAL, Job, Proc, _reference, _sets, _sets_final, _wait,
                          _wait_for_file, _with, free_endpoint, server_pid_of, wait_for_step)
 
 # A worker that, holding rank RANK at step STEP (counted from 1), is lost there before it sends
@@ -48,25 +48,6 @@ zmq_ps.ZMQWorker.step = lost
 from distbp.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
-
-# Rank RANK waits before it sends the gradient of step STEP until GO exists, saying so in HELD:
-# a joiner's hello is then certainly read during that step.
-HOLD = """
-import os, sys, time
-from distbp.comm import zmq_ps
-RANK, STEP, HELD, GO = {rank}, {step}, {held!r}, {go!r}
-original = zmq_ps.ZMQWorker.step
-def held(self, grad, params, update, stats):
-    if self.rank == RANK and self._step == STEP - 1 and not os.path.exists(GO):
-        open(HELD, "w").close()
-        while not os.path.exists(GO):
-            time.sleep(0.01)
-    return original(self, grad, params, update, stats)
-zmq_ps.ZMQWorker.step = held
-from distbp.cli import train_main
-sys.exit(train_main(sys.argv[1:]))
-"""
-
 
 # Both at once: rank LOST stops itself at step STEP (MARK as above), and rank 0 holds at step
 # HOLD_STEP until GO exists (HELD says it holds), so that the stopped worker, once continued,
@@ -213,7 +194,7 @@ def join_worker(tmp_dir: str | Path, seed: int, n: int = 2, composite_check: boo
     root = tmp_dir / f"elastic-join-seed{seed}"
     job, run, endpoint, comm = _common(root, n, n, n + 1)
     held, go = root / "held", root / "go"
-    hold = HOLD.format(rank=0, step=at_step, held=str(held), go=str(go))
+    hold = HOLD_WORKER.format(rank=0, step=at_step, held=str(held), go=str(go))
     server = job.server("server", endpoint, n, run, _sets_final(), comm, ("--resume", "never"))
     workers = [job.worker(f"worker{i}", endpoint, _sets_final(), comm, hold) for i in range(n)]
     try:

@@ -86,22 +86,21 @@ def main() -> None:
                ("ZMQ elastic: kill -9 server, zmq-local --restart 1", restart_server)]
     rows, elastic_rows = [], []
     with tempfile.TemporaryDirectory(prefix="distbp-faults-") as tmp:
+        def trials(name: str, trial) -> list[dict] | None:
+            if args.only not in name:
+                return None
+            figs = [trial(tmp, seed) for seed in range(args.trials)]
+            if args.verbose:
+                for f in figs:
+                    print(f)
+            return figs
+
         for name, trial in elastic:
-            if args.only not in name:
-                continue
-            figs = [trial(tmp, seed) for seed in range(args.trials)]
-            if args.verbose:
-                for f in figs:
-                    print(f)
-            elastic_rows.append(_elastic_row(name, figs))
+            if (figs := trials(name, trial)) is not None:
+                elastic_rows.append(_elastic_row(name, figs))
         for name, trial, limit in faults:
-            if args.only not in name:
-                continue
-            figs = [trial(tmp, seed) for seed in range(args.trials)]
-            if args.verbose:
-                for f in figs:
-                    print(f)
-            rows.append(_row(name, figs, limit))
+            if (figs := trials(name, trial)) is not None:
+                rows.append(_row(name, figs, limit))
         hostile = None
         if not args.only or args.only in "hostile":
             hostile_dir = Path(tmp) / "hostile"
