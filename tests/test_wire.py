@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from distbp.comm import wire
-from distbp.comm.wire import (HEADER_MAX, MESSAGE_TYPES, REASONS, Counters, WireError, add_into, copy_into,
+from distbp.comm.wire import (HEADER_MAX, MESSAGE_TYPES, REASONS, Counters, WireError, add_into, copy_into, sum_into,
                               decode, encode)
 
 _RNG = np.random.default_rng(20240607)
@@ -423,6 +423,17 @@ def test_add_into_and_copy_into_check_sizes_and_destinations():
         add_into(frozen, payload)
 
 
+def test_sum_into_is_the_copy_then_add_bit_for_bit():
+    rng = np.random.default_rng(0)
+    a, b = ((rng.standard_normal(1000) * 10.0 ** rng.integers(-8, 8, 1000)).astype(np.float32) for _ in range(2))
+    two_pass = add_into(copy_into(np.empty(1000, np.float32), a.tobytes()), b.tobytes())
+    acc = np.full(1000, np.nan, np.float32)
+    assert sum_into(acc, a.tobytes(), memoryview(b.tobytes())) is acc
+    assert acc.tobytes() == two_pass.tobytes() == (a + b).tobytes()
+    with pytest.raises(ValueError, match="payload is 12 bytes, destination is 4000 bytes"):
+        sum_into(acc, a.tobytes(), b[:3].tobytes())
+
+
 # ---- counters -----------------------------------------------------------------------------
 
 def test_counters_count_and_summarize():
@@ -541,3 +552,26 @@ def test_random_messages_decode_to_valid_headers_or_raise_wire_error():
     assert counters.n_accepted >= 250 and counters.n_dropped >= 1500
     assert len(counters.accepted) == len(MESSAGE_TYPES)
     assert set(counters.dropped) == set(REASONS)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_the_server_sums_in_rank_order_whatever_the_arrival_order(n):
+    """zmq_ps sums each gradient frame as soon as those of lower ranks are in: every arrival
+    order gives the bits of ((g0 + g1) + g2) + g3."""
+    from itertools import permutations
+
+    from distbp.comm.zmq_ps import _sum_in_rank_order
+
+    rng = np.random.default_rng(n)
+    grads = [(rng.standard_normal(257) * 10.0 ** rng.integers(-6, 6, 257)).astype(np.float32) for _ in range(n)]
+    expected = grads[0].copy()
+    for g in grads[1:]:
+        expected += g
+    for order in permutations(range(n)):
+        frames, summed, acc = [None] * n, 0, np.full(257, np.nan, np.float32)
+        for r in order:
+            frames[r] = grads[r].tobytes()
+            summed = _sum_in_rank_order(acc, frames, summed)
+            prefix = next((i for i, f in enumerate(frames) if f is None), n)
+            assert summed == (0 if prefix == 1 < n else prefix)  # the first waits for the second
+        assert summed == n and acc.tobytes() == expected.tobytes(), order

@@ -371,6 +371,13 @@ def add_into(acc: np.ndarray, payload: Any) -> np.ndarray:
     return acc
 
 
+def sum_into(acc: np.ndarray, first: Any, second: Any) -> np.ndarray:
+    """``acc[...] = first + second``, both read in place: one pass, where copying the first and
+    adding the second would be two. Returns ``acc``. Raises ValueError if the sizes differ."""
+    np.add(_as_array(acc, first), _as_array(acc, second), out=acc)
+    return acc
+
+
 def copy_into(dest: np.ndarray, payload: Any) -> np.ndarray:
     """``dest[...] = payload``, read in place (one copy, into the preallocated ``dest``, which
     then no longer depends on the message); returns ``dest``. Raises ValueError if the sizes

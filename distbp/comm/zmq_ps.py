@@ -569,10 +569,6 @@ class ZMQServer(Protocol):
         bad = [r for r in range(self.size) if not math.isfinite(losses[r])]
         if bad:
             raise WorkerFault(self._fault(bad, "loss", step, [f"{losses[r]}" for r in bad]))
-        # Rank order, whatever the arrival order: the same sum bit for bit, run after run.
-        wire.copy_into(grad, frames[0])
-        for f in frames[1:]:
-            wire.add_into(grad, f)
         out = np.array([stats[0] + losses.sum(), max(stats[1], stops.max()), float(self.size)])
         try:
             update()  # the Trainer's: it refuses a non-finite sum before the optimizer runs
@@ -599,8 +595,10 @@ class ZMQServer(Protocol):
         return out
 
     def _collect(self, grad: np.ndarray, step: int) -> tuple[list[Any], np.ndarray, np.ndarray]:
-        """Every worker's gradient frame, loss and stop flag for ``step``, in rank order."""
+        """Every worker's gradient frame, loss and stop flag for ``step``, in rank order, and
+        their sum in ``grad``."""
         frames: list[Any] = [None] * self.size
+        summed = 0  # frames[:summed] are in grad
         losses = np.zeros(self.size)
         stops = np.zeros(self.size)
         expect = {"nbytes": grad.nbytes, "dtype": "float32", "step": step}
@@ -642,6 +640,7 @@ class ZMQServer(Protocol):
             frames[rank] = msg.body[1]
             losses[rank] = header["loss"]
             stops[rank] = header.get("stop", 0)
+            summed = _sum_in_rank_order(grad, frames, summed)
         return frames, losses, stops
 
     def _fault(self, ranks: list[int], what: str, step: int, values: list[str] | None = None) -> str:
@@ -808,6 +807,24 @@ class ZMQServer(Protocol):
                 raise _WorkerLost(self.peers[rank].identity,
                                   f"worker {rank} ({self.peers[rank].name}) is gone: cannot send to it ({e})") from None
             raise PeerLost(f"peer {identity[:32]!r} is gone: cannot send to it ({e})") from None
+
+
+def _sum_in_rank_order(grad: np.ndarray, frames: list[Any], summed: int) -> int:
+    """Adds to ``grad`` the frames that follow ``frames[:summed]`` without a gap; returns the new
+    count. Rank order whatever the arrival order (the same sum bit for bit, run after run), each
+    frame added as soon as those before it are in, so the sum hides behind waiting for the last."""
+    if summed == 0:
+        if frames[0] is None or (len(frames) > 1 and frames[1] is None):
+            return 0  # the first two go in together: one pass instead of a copy and an add
+        if len(frames) == 1:
+            wire.copy_into(grad, frames[0])
+            return 1
+        wire.sum_into(grad, frames[0], frames[1])
+        summed = 2
+    while summed < len(frames) and frames[summed] is not None:
+        wire.add_into(grad, frames[summed])
+        summed += 1
+    return summed
 
 
 def _all_finite(payload: Any, dtype: np.dtype) -> bool:
