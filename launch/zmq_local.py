@@ -8,8 +8,11 @@ containers.
 
 Every process gets the same distbp-train arguments (yours), then the launcher's own:
 ``--set comm.backend=zmq --set comm.role=server|worker [--set comm.workers=N]
---set comm.endpoint=tcp://127.0.0.1:PORT`` (PORT a free loopback port, unless you pass
-``--set comm.endpoint=...`` yourself). The environment adds ``DISTBP_LOCAL_PROCS=N+1`` (so each
+--set comm.endpoint=ipc://TMP/distbp-RANDOM.ipc`` (a Unix socket: every process is on this
+machine, and it moves a step's gradients and parameters ~6% faster than TCP loopback,
+bench/RESULTS.md; with the default umask only this user can connect to it), unless you pass
+``--set comm.endpoint=...`` yourself; TCP loopback on a free port where the temporary directory's
+path is too long for a socket name. The environment adds ``DISTBP_LOCAL_PROCS=N+1`` (so each
 process caps its BLAS threads at cores // (N+1) unless comm.threads is given) and
 ``PYTHONUNBUFFERED=1``. The server's output passes through; workers' lines are prefixed with
 ``[worker i]`` (i is the launch index; the server assigns ranks in joining order) on stderr.
@@ -49,8 +52,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from typing import IO, Sequence
 
 PROG = "zmq-local"
@@ -90,8 +95,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+IPC_PATH_MAX = 100  # a Unix socket's name holds 107 bytes on Linux, 103 on macOS
+
+
+def local_endpoint() -> str:
+    """A fresh endpoint for one job on this machine: a Unix socket in the temporary directory
+    (not created here: the server binds it), or TCP loopback where that path is too long."""
+    path = os.path.join(tempfile.gettempdir(), f"distbp-{uuid.uuid4().hex[:12]}.ipc")
+    if len(path.encode()) <= IPC_PATH_MAX:
+        return f"ipc://{path}"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def ipc_path(argv: Sequence[str]) -> str | None:
+    """The socket file of an ipc:// endpoint among a command's --set overrides, if any."""
+    endpoint = user_sets(argv).get("comm.endpoint", "")
+    return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+
+
 def plan(n: int, args: Sequence[str], python: str = sys.executable,
-         environ: dict[str, str] | None = None, port: int | None = None) -> list[tuple[dict[str, str], list[str]]]:
+         environ: dict[str, str] | None = None, endpoint: str | None = None) -> list[tuple[dict[str, str], list[str]]]:
     """(environment additions, argv) of the server, then of each of the n workers."""
     environ = os.environ if environ is None else environ
     sets = user_sets(args)
@@ -100,10 +123,9 @@ def plan(n: int, args: Sequence[str], python: str = sys.executable,
             raise UsageError(f"--set {key}=...: {PROG} sets {key} itself (N is the number of workers)")
     env = {"DISTBP_LOCAL_PROCS": environ.get("DISTBP_LOCAL_PROCS") or str(n + 1), "PYTHONUNBUFFERED": "1"}
     program = [python, "-m", "distbp.cli", *args, "--set", "comm.backend=zmq"]
-    endpoint = [] if "comm.endpoint" in sets else \
-        ["--set", f"comm.endpoint=tcp://127.0.0.1:{port if port is not None else free_port()}"]
-    server = [*program, "--set", "comm.role=server", "--set", f"comm.workers={n}", *endpoint]
-    worker = [*program, "--set", "comm.role=worker", *endpoint]
+    where = [] if "comm.endpoint" in sets else ["--set", f"comm.endpoint={endpoint or local_endpoint()}"]
+    server = [*program, "--set", "comm.role=server", "--set", f"comm.workers={n}", *where]
+    worker = [*program, "--set", "comm.role=worker", *where]
     return [(env, server)] + [(env, [*worker, *own_key(sets.get("comm.curve"), i, n)]) for i in range(n)]
 
 
@@ -325,6 +347,12 @@ def run(n: int, args: Sequence[str], grace_s: float, restart_max: int = 0) -> in
         _stop([p for p in (server, *workers) if p is not None], 0)
         for t in readers:
             t.join(timeout=2.0)
+        path = ipc_path(commands[0][1]) if "comm.endpoint" not in user_sets(args) else None
+        if path is not None:  # a killed server leaves its socket file behind; a clean one removes it
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         for s, h in previous.items():
             signal.signal(s, h)
 

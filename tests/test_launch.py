@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,8 +181,19 @@ def test_print_commands_gives_one_server_and_n_identical_workers():
     env, worker = workers[0]
     assert "comm.role=worker" in worker and not any(a.startswith("comm.workers=") for a in worker)
     assert endpoint_of(server) == endpoint_of(worker)
-    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", endpoint_of(server))
+    # A Unix socket in the temporary directory, a new one per job; nothing is created before the server binds it.
+    path = re.fullmatch(r"ipc://(.*/distbp-[0-9a-f]{12}\.ipc)", endpoint_of(server)).group(1)
+    assert Path(path).parent == Path(tempfile.gettempdir()) and not Path(path).exists()
+    assert endpoint_of(print_commands(3)[0][1]) != endpoint_of(server)
     assert server_env == env == {"DISTBP_LOCAL_PROCS": "4", "PYTHONUNBUFFERED": "1"}
+
+
+def test_a_temporary_directory_too_long_for_a_socket_name_gets_tcp_loopback(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    (_, server), (_, worker) = print_commands(1, env=clean_env(TMPDIR=str(deep)))
+    assert endpoint_of(server) == endpoint_of(worker)
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", endpoint_of(server))
 
 
 def test_print_commands_keeps_the_users_endpoint_and_local_procs():

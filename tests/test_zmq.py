@@ -325,14 +325,15 @@ def test_zmq_local_restart_brings_a_killed_server_back(tmp_path):
 
     sets = [a for o in _with(OVERRIDES, "train.log_every=1", "comm.threads=1", "comm.reconnect_s=30",
                              f"comm.timeout_s={TIMEOUT_S:g}", "comm.heartbeat_s=0.5") for a in ("--set", o)]
-    clean, run = tmp_path / "clean", tmp_path / "run"
+    clean, run, tmp = tmp_path / "clean", tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()  # where zmq-local puts its ipc:// socket file
     done = subprocess.run([*ZMQ_LOCAL, "2", "--run-dir", str(clean), *sets], capture_output=True, text=True,
-                          timeout=120, env=clean_env())
+                          timeout=120, env=clean_env(TMPDIR=str(tmp)))
     assert done.returncode == 0, done.stderr[-3000:]
     log = tmp_path / "launcher.log"
     with log.open("w") as out:
         job = subprocess.Popen([*ZMQ_LOCAL, "--restart", "1", "2", "--run-dir", str(run), *sets], stdout=out,
-                               stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+                               stderr=subprocess.STDOUT, env=clean_env(TMPDIR=str(tmp)), start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not (run / "metrics.jsonl").exists() or '"step": 25,' not in (run / "metrics.jsonl").read_text():
@@ -348,3 +349,5 @@ def test_zmq_local_restart_brings_a_killed_server_back(tmp_path):
     assert "zmq-local: server (pid" in text and "was killed by SIGKILL" in text, text[-3000:]
     assert "zmq-local: restarting the server (restart 1 of 1)" in text, text[-3000:]
     assert np.array_equal(final_params(run), final_params(clean))
+    assert f"endpoint: ipc://{tmp}/distbp-" in (run / "config.yaml").read_text()
+    assert list(tmp.iterdir()) == []  # the killed server's socket file too
