@@ -95,7 +95,9 @@ def interpolate(value, variables: dict[str, str]):
         assert default is not None, f"${{{name}}} has no default in {COMPOSE.name}"
         return default
 
-    out = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", sub, value)
+    out, previous = value, None
+    while out != previous:  # innermost first: ${A:-${B:-2}}
+        previous, out = out, re.sub(r"\$\{(\w+)(?::-([^${}]*))?\}", sub, out)
     assert "$" not in out, value
     return out
 
@@ -234,7 +236,7 @@ def test_compose_file_parses_with_the_two_services():
     services = doc["services"]
     assert set(services) == {"coordinator", "worker"}
     for s in services.values():
-        assert s["restart"] == "no"  # quoted in YAML: a bare no would be false
+        assert s["restart"] == "on-failure:3"  # a crashed process's container, started again (not docker kill's)
         assert (COMPOSE.parent / s["build"]["context"] / s["build"]["dockerfile"]).resolve() == DOCKERFILE
         assert "entrypoint" not in s  # the image's: distbp-train
     # The run directory is a named volume on the coordinator, where --run-dir points.
@@ -250,14 +252,19 @@ def test_the_worker_count_comes_from_the_environment():
     assert "comm.workers=${WORKERS:-2}" in raw["coordinator"]["command"]
     assert raw["worker"]["deploy"]["replicas"] == "${WORKERS:-2}"
     assert compose_services({"WORKERS": "4"})["worker"]["deploy"]["replicas"] == "4"
+    # Elastic: down to MIN_WORKERS (1), up to MAX_WORKERS (WORKERS unless given).
+    for variables, (lo, hi) in [({}, ("1", "2")), ({"WORKERS": "4"}, ("1", "4")),
+                                ({"WORKERS": "4", "MIN_WORKERS": "4", "MAX_WORKERS": "6"}, ("4", "6"))]:
+        command = compose_services(variables)["coordinator"]["command"]
+        assert f"comm.min_workers={lo}" in command and f"comm.max_workers={hi}" in command, (variables, command)
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_compose_services_run_what_zmq_local_runs(n):
     """The coordinator's and workers' entrypoint + command + environment are zmq-local's
     server and worker command lines, up to the documented differences: the endpoint
-    (bind every interface / connect to the service name), the coordinator's comm.insecure and
-    where comm.workers comes from."""
+    (bind every interface / connect to the service name), the coordinator's comm.insecure,
+    where comm.workers comes from, and the elastic bounds comm.min_workers and comm.max_workers."""
     variables = {} if n == 2 else {"WORKERS": str(n), "DISTBP_LOCAL_PROCS": str(n + 1)}
     services = compose_services(variables)
     procs = print_commands(n, *COMPOSE_USER_ARGS)
@@ -269,6 +276,8 @@ def test_compose_services_run_what_zmq_local_runs(n):
     assert entrypoint() == ["distbp-train"]
     assert server[:3] == worker[:3] == PROGRAM
     local = endpoint_of(server)
+    at = server.index(f"comm.workers={n}") + 1
+    server = [*server[:at], "--set", "comm.min_workers=1", "--set", f"comm.max_workers={n}", *server[at:]]
     expected = {"coordinator": [a.replace(local, "tcp://0.0.0.0:5555") for a in server[3:]]
                 + ["--set", "comm.insecure=true"],  # a bind beyond loopback, without CURVE
                 "worker": [a.replace(local, "tcp://coordinator:5555") for a in worker[3:]]}
