@@ -58,8 +58,8 @@ for _k in ("kind", "samples", "features", "classes", "noise"):
     _CONTEXT[f"data.{_k}"] = {"data": {"name": "synthetic"}, "model": {"sizes": [16, 8, 3]}}
 for _k in ("warmup_steps", "after"):
     _CONTEXT[f"schedule.{_k}"] = {"schedule": {"name": "warmup"}}
-for _k in ("role", "endpoint", "workers", "min_workers", "max_workers", "heartbeat_s", "timeout_s", "join_timeout_s",
-           "curve", "reconnect_s"):
+for _k in ("role", "endpoint", "workers", "min_workers", "max_workers", "max_connections", "heartbeat_s", "timeout_s",
+           "join_timeout_s", "curve", "reconnect_s"):
     _CONTEXT[f"comm.{_k}"] = {"comm": {"backend": "zmq"}}
 
 

@@ -402,3 +402,75 @@ def test_one_shared_key_admits_one_worker_only(tmp_path):
     assert "distbp-keys DIR --workers N" in res.stderr
     assert "only 1 of 2 workers joined" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# ---- the connection cap ---------------------------------------------------------------------------
+
+def _ended(conn: socket.socket, within_s: float) -> bool:
+    """Whether the server closed this raw TCP connection (end of file) within ``within_s``."""
+    conn.settimeout(0.1)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if conn.recv(64) == b"":  # after libzmq's greeting, if it sent one
+                return True
+        except socket.timeout:
+            pass
+        except OSError:
+            return True
+    return False
+
+
+def test_connections_over_the_cap_are_cut_and_the_workers_in_keep_theirs(ctx):
+    endpoint = free_endpoint()
+    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    s = Served(comm_cfg(endpoint, workers=2, max_connections=4))
+    s.start(s.server.join, HASH, NUMEL)
+    flood: list[socket.socket] = []
+    try:
+        a = Raw(ctx, endpoint, b"w-a", None)
+        assert a.hello(31) and a.answer({"welcome"})["rank"] == 0
+        flood = [socket.create_connection((host, int(port))) for _ in range(10)]
+        ended = [_ended(c, 1.5) for c in flood]
+        assert sum(ended) == 7 and ended[:3] == [False] * 3, ended  # a + the first 3 fill the cap of 4
+        # Nobody new gets in while the flood holds the places ...
+        b = Raw(ctx, endpoint, b"w-b", None)
+        assert b.hello(32) and b.answer({"welcome", "refuse"}, 1.0) is None
+        # ... and once it lets go, the next worker does (libzmq reconnects it by itself).
+        for c in flood[:3]:
+            c.close()
+        deadline = time.monotonic() + 10
+        while not (b.hello(32) and (got := b.answer({"welcome"}, 0.5))):
+            assert time.monotonic() < deadline, s.lines
+        assert got["rank"] == 1
+        s.join()
+        assert s.error is None, s.error
+    finally:
+        for c in flood:
+            c.close()
+        s.server.close()
+    assert "refused a connection: 4 are open (comm.max_connections); 1 refused so far" in s.log, s.log
+    assert s.log.count("refused a connection") == 1  # one line per 10 s, however many
+
+
+def test_the_cap_defaults_to_two_per_worker_and_some_room():
+    from distbp.comm.zmq_ps import CONNECTION_SLACK
+
+    for extra, cap in (({}, 6), ({"max_workers": 5}, 10), ({"max_connections": 7}, 7 - CONNECTION_SLACK)):
+        server = ZMQServer(comm_cfg(free_endpoint(), workers=3, **extra))
+        assert server.max_connections == cap + CONNECTION_SLACK
+        server.close()
+    with pytest.raises(ConfigError, match=r"comm.max_connections: 5 is fewer than the 6 that 3 worker\(s\) open"):
+        resolve(None, ["comm.backend=zmq", "comm.role=server", "comm.workers=3", "comm.max_connections=5"])
+
+
+@pytest.mark.slow
+def test_a_connection_flood_queues_no_more_than_the_cap_allows():
+    """200 connections, each pushing 16 messages of 1 MB (3.2 GB if all were queued) at a server
+    capped at 4 connections: its memory grows by less than 4 x 16 x 1 MB (without the cap the
+    same flood grew it by ~190 MiB here: python -m tests.faults.report --only flood)."""
+    from faults.flood_faults import connection_flood
+
+    f = connection_flood(senders=200, max_connections=4)
+    assert f["refused"] >= 190 and f["logged"] == 1, f
+    assert f["rss_growth_mib"] < f["bound_mib"] == 4 * 16 * 1e6 / 2 ** 20, f

@@ -28,7 +28,9 @@ Memory. The server holds in Python at most one gradient frame per rank (the step
 until they are summed); anything else is dropped as soon as it is read. libzmq queues at most
 ``RCVHWM`` messages per connection, each at most a gradient's size (``MAXMSGSIZE``), and then
 stops reading that connection (TCP back-pressure); under CURVE only key holders get a
-connection past the handshake.
+connection past the handshake. At most ``comm.max_connections`` connections are open
+(``zmq_connections.ConnectionCap``: one accepted beyond it is shut down at once, one kept is
+never cut), so the total queued is capped at max_connections x RCVHWM x MAXMSGSIZE.
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ from ..errors import EXIT_USAGE, DistbpError
 from . import wire
 from .base import Dropped, MismatchError, PeerLost, Recut, ServerStopped, alongside
 from .protocol import Protocol
+from .zmq_connections import ConnectionCap
 
 HB_SUFFIX = b"/hb"
 RCVHWM = 16  # messages libzmq queues per connection before it stops reading it
+CONNECTION_SLACK = 16  # comm.max_connections' default: 2 per worker (comm.max_workers) + this
 LOG_EVERY_S = 10.0  # at most one line per peer this often about what strangers send
 MAX_TRACKED_PEERS = 256  # peers the rate limit remembers; beyond, they share one count
 
@@ -315,6 +319,11 @@ class ZMQServer(Protocol):
         self.max_workers = int(cfg.get("max_workers") or self.size)
         self.heartbeat_s, self.timeout_s = float(cfg["heartbeat_s"]), float(cfg["timeout_s"])
         self.join_timeout_s = float(cfg["join_timeout_s"])
+        # Two connections per worker (its socket and its heartbeats') and room for some joining
+        # or reconnecting: docs/ARCHITECTURE.md, "Memory".
+        self.max_connections = int(cfg.get("max_connections") or 2 * self.max_workers + CONNECTION_SLACK)
+        self._cap: ConnectionCap | None = None
+        self._poller: zmq.Poller | None = None
         # The server wakes at least this often even when nothing arrives, so that a launcher
         # watching it (launch/zmq_local.py) can tell a waiting server from a stopped one.
         self._wake_s = min(self.heartbeat_s, self.timeout_s, 1.0)
@@ -355,6 +364,11 @@ class ZMQServer(Protocol):
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         if self.cfg.get("curve"):
             self._auth, self._keys = _curve_server(sock, self._ctx, Path(self.cfg["curve"]))
+        # Before bind: no connection is accepted unseen.
+        self._cap = ConnectionCap(sock, self.max_connections, self._refused_connection)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._cap.monitor, zmq.POLLIN)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as e:
@@ -687,6 +701,8 @@ class ZMQServer(Protocol):
             with contextlib.suppress(zmq.ZMQError):
                 self._sock.send_multipart([peer.identity, *wire.encode(
                     "refuse", reason="the job ended before this worker could join")], flags=zmq.NOBLOCK)
+        if self._cap is not None:
+            self._cap.close()
         if self._sock is not None:
             self._sock.close(linger=2000)
         if self._auth is not None:
@@ -733,7 +749,7 @@ class ZMQServer(Protocol):
         try:
             while not stop.is_set():
                 self._heartbeat_if_due(time.monotonic(), self._step)
-                if not self._sock.poll(50, zmq.POLLIN):
+                if not self._poll(50):
                     continue
                 msg = self._read()
                 rank = self._rank_of(msg.identity)
@@ -756,11 +772,24 @@ class ZMQServer(Protocol):
         while True:
             self._note_denied()
             wait = min(max(deadline - time.monotonic(), 0.0), self._wake_s)
-            if self._sock.poll(math.ceil(wait * 1000), zmq.POLLIN):
+            if self._poll(math.ceil(wait * 1000)):
                 break
             if time.monotonic() >= deadline:
                 return None
         return self._read()
+
+    def _poll(self, timeout_ms: int) -> bool:
+        """Whether a message waits on the socket, within ``timeout_ms``; connections accepted
+        meanwhile are counted, and cut over the cap, as they come."""
+        ready = dict(self._poller.poll(timeout_ms))
+        if self._cap.monitor in ready:
+            self._cap.service()
+        return self._sock in ready
+
+    def _refused_connection(self, count: int) -> None:
+        self._throttle("connections over the cap", f"refused a connection: {self.max_connections} are open "
+                       f"(comm.max_connections); {count} refused so far. The workers connected keep theirs; "
+                       "one that joins or reconnects now is refused too")
 
     def _read(self) -> _Msg:
         frames = self._sock.recv_multipart(copy=False)

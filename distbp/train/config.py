@@ -199,6 +199,9 @@ SCHEMA: dict[str, Any] = {
         # comm.workers, fail-stop), and admits workers that join mid-run up to max_workers.
         "min_workers": Field("int", None, min=1, nullable=True),
         "max_workers": Field("int", None, min=1, nullable=True),
+        # The server's open connections, over which what libzmq queues is capped (null:
+        # 2 per comm.max_workers + 16).
+        "max_connections": Field("int", None, min=2, nullable=True),
         "heartbeat_s": Field("float", 1.0, min=0.0, min_open=True),
         "timeout_s": Field("float", 10.0, min=0.0, min_open=True),
         "join_timeout_s": Field("float", 60.0, min=0.0, min_open=True),
@@ -428,8 +431,9 @@ _HAND_APPLIES: tuple[Applies, ...] = (
     Applies(("data.stratify",), lambda c: c["data"]["name"] not in ("conll", "custom"), _named("data.name"),
             "classification data read by distbp (CoNLL is split by sentence)"),
     Applies(("data.factory", "data.options"), _is("data.name", "custom"), _named("data.name"), "data.name: custom"),
-    Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.min_workers", "comm.max_workers", "comm.heartbeat_s",
-             "comm.join_timeout_s", "comm.curve", "comm.insecure", "comm.reconnect_s"), _is("comm.backend", "zmq"),
+    Applies(("comm.role", "comm.endpoint", "comm.workers", "comm.min_workers", "comm.max_workers",
+             "comm.max_connections", "comm.heartbeat_s", "comm.join_timeout_s", "comm.curve", "comm.insecure",
+             "comm.reconnect_s"), _is("comm.backend", "zmq"),
             _named("comm.backend"),
             "comm.backend: zmq"),
     Applies(("comm.overlap", "comm.bucket_mb"), _is("comm.backend", "auto", "mpi"), _named("comm.backend"),
@@ -547,6 +551,10 @@ def _cross_checks(cfg: dict[str, Any]) -> list[str]:
                       "workers the job starts with")
     if c["role"] == "server" and c["max_workers"] is not None and c["max_workers"] < c["workers"]:
         errors.append(f"comm.max_workers: {c['max_workers']} is fewer than comm.workers ({c['workers']})")
+    most = c["max_workers"] or c["workers"]
+    if c["role"] == "server" and c["max_connections"] is not None and c["max_connections"] < 2 * most:
+        errors.append(f"comm.max_connections: {c['max_connections']} is fewer than the {2 * most} that "
+                      f"{most} worker(s) open (two each: its socket and its heartbeats')")
     if regression and model["loss"] in ("cross_entropy", "multi_margin"):
         errors.append(f"model.loss: {_show(model['loss'])} needs class labels; a regression task uses mse")
     return errors

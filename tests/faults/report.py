@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from .config_faults import BOMB_LIMIT_S, yaml_bomb  # noqa: E402
+from .flood_faults import connection_flood  # noqa: E402
 from .elastic_faults import drop_and_rejoin, join_worker, lose_worker, restart_server  # noqa: E402
 from .mpi_faults import (EXIT_WITHIN_S, STOP_TIMEOUT_S, elastic_kill, kill_random_rank, signal_job,  # noqa: E402
                          stop_random_rank)
@@ -101,6 +102,9 @@ def main() -> None:
         for name, trial, limit in faults:
             if (figs := trials(name, trial)) is not None:
                 rows.append(_row(name, figs, limit))
+        floods = []
+        if args.only in "connection flood":
+            floods = [connection_flood(200, cap) for cap in (18, None)]  # 18: the default for 1 worker
         hostile = None
         if not args.only or args.only in "hostile":
             hostile_dir = Path(tmp) / "hostile"
@@ -118,6 +122,13 @@ def main() -> None:
               "the server under --restart; world sizes: metrics.jsonl's world_size is N before the change and "
               f"N-1 (N+1) from it on; limit: comm.timeout_s ({TIMEOUT_S:g} s) + 2 steps for SIGSTOP, 1 s + 2 steps "
               "for kill -9, which the server sees at its next send)")
+        print()
+    for f in floods:
+        cap = (f"comm.max_connections {f['max_connections']}: refused {f['refused']}, bound "
+               f"{f['bound_mib']:.0f} MiB" if f["max_connections"] else "no cap")
+        print(f"connection flood, {f['senders']} connections x 16 messages of {f['message_mib']:.2f} MiB: server RSS "
+              f"+{f['rss_growth_mib']:.0f} MiB ({cap})")
+    if floods:
         print()
     if not rows:
         return
