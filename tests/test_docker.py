@@ -291,24 +291,6 @@ def test_compose_stop_checkpoints_and_up_resumes_bitwise(compose, tmp_path, long
     assert np.array_equal(_final(c.copy_run(tmp_path / "resumed"), 1300), reference)
 
 
-def test_a_killed_coordinator_brought_back_by_up_takes_its_workers_back(compose, tmp_path, longer):
-    override, reference = longer
-    c = compose(2, (override,))
-    c.up()
-    c.wait_for_step(100)
-    (coordinator,) = c.ids("coordinator")
-    _run(DOCKER, "kill", coordinator)
-    # docker kill returns before the container has stopped; up on a running one would do nothing
-    assert int(_run(DOCKER, "wait", coordinator).stdout) == 137
-    c.up()  # starts the coordinator again; the workers, still trying to rejoin (comm.reconnect_s), are admitted
-    assert c.wait() == 0, c.logs()[-3000:]
-    assert "resumed from /runs/digits-mlp/checkpoints/step-" in c.logs()
-    for cid in c.ids("worker"):
-        assert int(_run(DOCKER, "wait", cid).stdout) == 0
-    assert "trying to rejoin for" in c.logs("worker")
-    assert np.array_equal(_final(c.copy_run(tmp_path / "run"), 1300), reference)
-
-
 @pytest.fixture(scope="session")
 def one_process(tmp_path_factory) -> np.ndarray:
     """The default config in one process on this machine: the result an elastic job must stay
@@ -357,15 +339,26 @@ def test_a_worker_whose_process_dies_is_restarted_and_rejoins(compose, tmp_path)
     assert _val_accuracy(run) >= 0.97
 
 
-def test_a_coordinator_whose_process_dies_is_restarted_and_resumes_bitwise(compose, tmp_path, longer):
+@pytest.mark.parametrize("how", ["docker kill", "its process killed"])
+def test_a_killed_coordinator_comes_back_and_resumes_bitwise(compose, tmp_path, longer, how):
+    """docker kill: Docker leaves it stopped (stopped by hand) and `up` starts it again; its
+    process killed (a crash, the out-of-memory killer): Docker restarts it (on-failure). Either
+    way it resumes from its newest checkpoint and the workers, trying to rejoin
+    (comm.reconnect_s), are admitted again."""
     override, reference = longer
     c = compose(2, (override,))
     c.up()
     c.wait_for_step(100)
     (coordinator,) = c.ids("coordinator")
-    c.kill_process(coordinator)
+    if how == "docker kill":
+        _run(DOCKER, "kill", coordinator)
+        # docker kill returns before the container has stopped; up on a running one would do nothing
+        assert c.first_exit() == 137
+        c.up()
+    else:
+        c.kill_process(coordinator)
     assert c.wait() == 0, c.logs()[-3000:]
-    assert c.restarts(coordinator) == 1
+    assert c.restarts(coordinator) == (0 if how == "docker kill" else 1)
     assert "resumed from /runs/digits-mlp/checkpoints/step-" in c.logs()
     for cid in c.ids("worker"):
         assert c.wait_id(cid) == 0

@@ -79,6 +79,18 @@ def test_a_server_beyond_loopback_without_curve_is_refused_unless_insecure(tmp_p
     ZMQServer(comm_cfg(endpoint, curve=str(tmp_path))).close()
 
 
+def test_a_server_on_ipc_removes_its_socket_file_when_it_closes(tmp_path):
+    path = tmp_path / "ps.ipc"
+    server = ZMQServer(comm_cfg(f"ipc://{path}", join_timeout_s=0.2))
+    try:
+        with pytest.raises(zmq_ps.PeerLost, match="only 0 of 1 workers joined"):
+            server.join(HASH, NUMEL)
+        assert path.exists()
+    finally:
+        server.close()
+    assert not path.exists()  # libzmq itself leaves it
+
+
 def test_the_command_line_refuses_it_with_exit_code_2(tmp_path, capsys):
     code = train_main(["--run-dir", str(tmp_path / "run"), "--set", "comm.backend=zmq", "--set", "comm.role=server",
                        "--set", "comm.endpoint=tcp://0.0.0.0:5555"])

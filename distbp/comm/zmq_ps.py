@@ -323,6 +323,7 @@ class ZMQServer(Protocol):
         # or reconnecting: docs/ARCHITECTURE.md, "Memory".
         self.max_connections = int(cfg.get("max_connections") or 2 * self.max_workers + CONNECTION_SLACK)
         self._cap: ConnectionCap | None = None
+        self._ipc_file: str | None = None
         self._poller: zmq.Poller | None = None
         # The server wakes at least this often even when nothing arrives, so that a launcher
         # watching it (launch/zmq_local.py) can tell a waiting server from a stopped one.
@@ -373,6 +374,8 @@ class ZMQServer(Protocol):
             sock.bind(endpoint)
         except zmq.ZMQError as e:
             raise PeerLost(f"comm.endpoint: cannot bind {endpoint}: {e}") from None
+        if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+            self._ipc_file = endpoint[len("ipc://"):]  # libzmq leaves the socket file behind at close
         if self._keys is not None:
             security = f"CURVE, {len(self._keys.names)} client key(s) in {self._keys.clients}, one rank per key"
         elif is_local_endpoint(endpoint):
@@ -705,6 +708,9 @@ class ZMQServer(Protocol):
             self._cap.close()
         if self._sock is not None:
             self._sock.close(linger=2000)
+        if self._ipc_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._ipc_file)
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
