@@ -8,7 +8,9 @@ descriptor stays libzmq's, which then sees end of file and drops the connection 
 every connection accepted while ``cap`` are open. A connection once kept is never cut, so the
 workers already connected are never the ones a flood costs; what it costs is that nobody new
 gets in while it lasts (a join, a worker reconnecting), which the server's log says. Total
-queued memory is then at most ``cap x RCVHWM x MAXMSGSIZE``.
+queued memory is then at most ``cap x RCVHWM x MAXMSGSIZE`` for complete messages; a multipart
+message that never ends is not bounded by libzmq (README.md). The monitor is read only where the
+server polls; left unread long enough, it stalls libzmq's I/O thread (not fixed yet).
 """
 
 from __future__ import annotations
