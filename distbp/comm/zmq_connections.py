@@ -73,9 +73,14 @@ class ConnectionCap:
 def _shutdown(fd: int) -> None:
     """shutdown(2) of a connection whose descriptor libzmq owns (it closes it in its own time)."""
     try:
-        s = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError:
         return  # closed meanwhile
+    try:
+        s = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)  # the number now names a file that is no socket: not ours to touch
+        return
     try:
         s.shutdown(socket.SHUT_RDWR)
     except OSError:

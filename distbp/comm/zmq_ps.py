@@ -30,7 +30,8 @@ until they are summed); anything else is dropped as soon as it is read. libzmq q
 stops reading that connection (TCP back-pressure); under CURVE only key holders get a
 connection past the handshake. At most ``comm.max_connections`` connections are open
 (``zmq_connections.ConnectionCap``: one accepted beyond it is shut down at once, one kept is
-never cut), so the total queued is capped at max_connections x RCVHWM x MAXMSGSIZE.
+never cut), so what is queued in complete messages is capped at max_connections x RCVHWM x
+MAXMSGSIZE; a multipart message that never ends is not (README.md, CURVE section).
 """
 
 from __future__ import annotations
